@@ -1,0 +1,40 @@
+# The README's two set-up commands are `make demo` (the main job) and `make test` (install + lint + tests).
+# Both create ./.venv on first use. torch is pinned to the CPU build on purpose: a bare `torch` pulls CUDA wheels.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+
+.PHONY: install lint format test test-unit build demo bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint
+	$(PY) -m pytest
+
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+# The main job on the embedded default: CPU target, bundled data set, ./model_repository.
+build demo: install
+	$(VENV)/bin/tritune build
+
+bench: install
+	$(PY) bench/variants.py --build
+
+clean:
+	rm -rf model_repository/cnn* model_repository/manifest.json .cache .pytest_cache .ruff_cache

@@ -1,0 +1,7 @@
+"""``python -m builders`` is ``tritune build``."""
+
+import sys
+
+from tritune.cli import main
+
+raise SystemExit(main(["build", *sys.argv[1:]]))

@@ -1,0 +1,352 @@
+"""The build pipeline: data → fp32 → pruned / distilled / fp16 / int8 → ONNX → target → model repository."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+
+from builders import onnx_utils as ox
+from builders.data import load_dataset
+from builders.models import CompressedNet, SeedCNN, count_flops, count_parameters, load_checkpoint, save_checkpoint
+from builders.prune import structured_prune
+from builders.repository import MANIFEST, StagedRepository, read_manifest, write_json
+from builders.targets import VariantArtifact, get_target
+from builders.train import TrainConfig, distill, predict_logits, top1, train
+from tritune.errors import BuildError, CheckpointError, ExportError, RepositoryError
+
+VARIANTS = ("fp32", "pruned", "distilled", "fp16", "int8")
+PRECISION = {"fp32": "fp32", "pruned": "fp32", "distilled": "fp32", "fp16": "fp16", "int8": "int8"}
+# Bump when training code changes in a way that must invalidate cached checkpoints.
+TRAINING_CODE_VERSION = 1
+# Stated export tolerances: ONNX Runtime vs PyTorch on the held-out images.
+EXPORT_TOLERANCE = {"fp32": ("max_abs_err", 1e-3), "fp16": ("max_rel_err", 2e-2)}
+ACCURACY_TARGET_POINTS = 1.0  # pruned and int8 must stay within this many top-1 points of fp32
+
+
+@dataclass
+class BuildOptions:
+    repository: Path = Path("model_repository")
+    variants: tuple[str, ...] = VARIANTS
+    target: str = "cpu"
+    dataset: str = "auto"
+    data_dir: Path = Path("data")
+    download: bool = False
+    subset: int = 0
+    epochs: int = 12
+    finetune_epochs: int = 8
+    distill_epochs: int = 12
+    batch_size: int = 64
+    lr: float = 2e-3
+    prune_ratio: float = 0.5
+    distill_temperature: float = 4.0
+    distill_alpha: float = 0.7
+    calibration_size: int = 256
+    calibration_method: str = "minmax"
+    max_batch_size: int = 64
+    public_model: str = "cnn"
+    public_variant: str = "fp32"
+    model_prefix: str = "cnn_"
+    checkpoint: Path | None = None
+    cache_dir: Path = Path(".cache/tritune")
+    seed: int = 0
+    threads: int = 0
+    latency_runs: int = 5
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown or not self.variants:
+            raise BuildError(
+                f"unknown variant(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(VARIANTS)}"
+            )
+        if self.public_variant and self.public_variant not in self.variants:
+            raise BuildError(
+                f"public variant {self.public_variant!r} is not among the variants built; add it to --variants"
+            )
+        if self.calibration_size < 1 and "int8" in self.variants:
+            raise BuildError(f"calibration size must be at least 1, got {self.calibration_size}; 256 is a good default")
+        for name in ("epochs", "finetune_epochs", "distill_epochs", "batch_size", "latency_runs"):
+            if getattr(self, name) < 1:
+                raise BuildError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.prune_ratio < 1:
+            raise BuildError(f"prune ratio must be in (0, 1), got {self.prune_ratio}")
+        if self.subset < 0:
+            raise BuildError(f"subset must be 0 (all) or positive, got {self.subset}")
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+class CheckpointCache:
+    """Content-addressed checkpoints: the same inputs never train twice."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root) / "checkpoints"
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.pt"
+
+    def get(self, key: str):
+        path = self.path(key)
+        if not path.exists():
+            return None
+        try:
+            return load_checkpoint(path)[0]
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc} (cached; delete {path} and the build retrains it)") from exc
+
+    def put(self, key: str, model: torch.nn.Module, meta: dict) -> None:
+        try:
+            save_checkpoint(model, self.path(key), meta)
+        except OSError as exc:
+            raise BuildError(f"cannot write checkpoint cache {self.root} ({exc.strerror}); pass --cache-dir") from exc
+
+
+def versions() -> dict[str, str | None]:
+    import torch_pruning
+
+    try:
+        import tensorrt  # only present in the GPU builder image
+
+        trt = tensorrt.__version__
+    except ImportError:
+        trt = None
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "torch_pruning": torch_pruning.__version__,
+        "tensorrt": trt,
+    }
+
+
+def build(opts: BuildOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Build the requested variants into ``opts.repository``; returns the manifest."""
+    opts.validate()
+    target = get_target(opts.target)
+    started = time.perf_counter()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    torch.manual_seed(opts.seed)
+
+    data = load_dataset(opts.dataset, opts.data_dir, opts.download, opts.seed).subset(opts.subset, opts.seed)
+    log(f"dataset: {data.name} — {data.source}; {len(data.x_train)} training, {len(data.x_test)} held-out images")
+    mean, std = data.channel_stats()
+    cache = CheckpointCache(opts.cache_dir)
+    base_key = {"code": TRAINING_CODE_VERSION, "data": data.fingerprint, "torch": torch.__version__.split("+")[0]}
+
+    # -- fp32 --------------------------------------------------------------------------------------------------
+    fp32_cfg = TrainConfig(opts.epochs, opts.batch_size, opts.lr, seed=opts.seed)
+    if opts.checkpoint is not None:
+        fp32, _ = load_checkpoint(opts.checkpoint)
+        fp32_key = hashlib.sha256(Path(opts.checkpoint).read_bytes()).hexdigest()[:20]
+        log(f"fp32: loaded {opts.checkpoint}")
+    else:
+        fp32_key = _hash({**base_key, "stage": "fp32", "arch": "SeedCNN", "mean": mean, "std": std, **fp32_cfg.key()})
+        fp32 = cache.get(fp32_key)
+        if fp32 is not None:
+            log(f"fp32: reusing checkpoint {cache.path(fp32_key)} (same data, architecture and settings)")
+        else:
+            log(f"fp32: training SeedCNN for {opts.epochs} epochs")
+            fp32 = train(SeedCNN(mean=mean, std=std), data.x_train, data.y_train, fp32_cfg, log, "fp32")
+            cache.put(fp32_key, fp32, {"stage": "fp32"})
+
+    torch_models: dict[str, torch.nn.Module] = {"fp32": fp32}
+    derived_from = {"fp32": None, "pruned": "fp32", "distilled": "fp32 (teacher)", "fp16": "fp32", "int8": "fp32"}
+
+    # -- pruned ------------------------------------------------------------------------------------------------
+    if "pruned" in opts.variants:
+        ft_cfg = TrainConfig(opts.finetune_epochs, opts.batch_size, opts.lr / 2, seed=opts.seed)
+        key = _hash({"parent": fp32_key, "stage": "pruned", "ratio": opts.prune_ratio, **ft_cfg.key()})
+        pruned = cache.get(key)
+        if pruned is not None:
+            log(f"pruned: reusing checkpoint {cache.path(key)}")
+        else:
+            log(
+                f"pruned: removing {opts.prune_ratio:.0%} of filters/units by L1 norm, "
+                f"fine-tuning {opts.finetune_epochs} epochs"
+            )
+            pruned = structured_prune(copy.deepcopy(fp32), opts.prune_ratio)
+            pruned = train(pruned, data.x_train, data.y_train, ft_cfg, log, "finetune")
+            cache.put(key, pruned, {"stage": "pruned"})
+        torch_models["pruned"] = pruned
+
+    # -- distilled ---------------------------------------------------------------------------------------------
+    if "distilled" in opts.variants:
+        kd_cfg = TrainConfig(opts.distill_epochs, opts.batch_size, opts.lr, seed=opts.seed)
+        key = _hash(
+            {
+                "parent": fp32_key,
+                "stage": "distilled",
+                "arch": "CompressedNet",
+                "T": opts.distill_temperature,
+                "alpha": opts.distill_alpha,
+                **kd_cfg.key(),
+            }
+        )
+        student = cache.get(key)
+        if student is not None:
+            log(f"distilled: reusing checkpoint {cache.path(key)}")
+        else:
+            log(f"distilled: training CompressedNet from the fp32 teacher for {opts.distill_epochs} epochs")
+            student = distill(
+                CompressedNet(mean=mean, std=std),
+                fp32,
+                data.x_train,
+                data.y_train,
+                kd_cfg,
+                opts.distill_temperature,
+                opts.distill_alpha,
+                log,
+            )
+            cache.put(key, student, {"stage": "distilled"})
+        torch_models["distilled"] = student
+
+    manifest_variants: dict[str, Any] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="tritune-artifacts-") as art_dir,
+        StagedRepository(opts.repository) as staging,
+    ):
+        art = Path(art_dir)
+        onnx_paths: dict[str, Path] = {}
+        export_checks: dict[str, dict] = {}
+        for name, model in torch_models.items():
+            path = ox.export_onnx(model, art / f"{name}.onnx")
+            check = ox.compare(predict_logits(model, data.x_test), ox.run_onnx(ox.session(path), data.x_test))
+            _enforce_tolerance(name, "fp32", check)
+            onnx_paths[name], export_checks[name] = path, check
+            log(f"{name}: exported ONNX, max |onnx - torch| = {check['max_abs_err']:.2e}")
+        if "fp16" in opts.variants:
+            onnx_paths["fp16"] = ox.to_fp16(onnx_paths["fp32"], art / "fp16.onnx")
+            check = ox.compare(
+                predict_logits(fp32, data.x_test), ox.run_onnx(ox.session(onnx_paths["fp16"]), data.x_test)
+            )
+            _enforce_tolerance("fp16", "fp16", check)
+            export_checks["fp16"] = check
+            log(f"fp16: converted (FP32 inputs/outputs), max rel error vs torch fp32 = {check['max_rel_err']:.2e}")
+        if "int8" in opts.variants:
+            rng = np.random.default_rng(opts.seed)
+            n = min(opts.calibration_size, len(data.x_train))
+            calib = data.x_train[rng.permutation(len(data.x_train))[:n]]
+            onnx_paths["int8"] = ox.to_int8(onnx_paths["fp32"], art / "int8.onnx", calib, opts.calibration_method)
+            export_checks["int8"] = ox.compare(
+                predict_logits(fp32, data.x_test), ox.run_onnx(ox.session(onnx_paths["int8"]), data.x_test)
+            )
+            log(f"int8: quantized with {n} calibration images ({opts.calibration_method}), symmetric per-channel Q/DQ")
+
+        fp32_logits = ox.run_onnx(ox.session(onnx_paths["fp32"]), data.x_test)
+        fp32_top1 = top1(fp32_logits, data.y_test)
+        built_with = versions()
+        for name in [v for v in VARIANTS if v in opts.variants]:
+            path = onnx_paths[name]
+            sess = ox.session(path)
+            logits = ox.run_onnx(sess, data.x_test)
+            model = torch_models.get(name, fp32)
+            acc = top1(logits, data.y_test)
+            artifact = VariantArtifact(name, PRECISION[name], path)
+            compiled = target.compile(artifact, opts.model_prefix + name, staging, opts.max_batch_size)
+            entry = {
+                "model_name": compiled.model_name,
+                "variant": name,
+                "precision": PRECISION[name],
+                "architecture": type(model).__name__,
+                "arch_kwargs": {k: v for k, v in model.arch_kwargs().items() if k not in ("mean", "std")},
+                "derived_from": derived_from[name],
+                "parameters": count_parameters(model),
+                "flops": count_flops(model),
+                "file_bytes": path.stat().st_size,
+                "sha256": compiled.artifact_sha256,
+                "top1": acc,
+                "top1_delta_vs_fp32_points": round((acc - fp32_top1) * 100, 3),
+                "error_vs_fp32": ox.compare(fp32_logits, logits),
+                "export_check_vs_torch": export_checks[name],
+                "latency_ms": {f"batch_{b}": ox.latency_ms(sess, b, opts.latency_runs) for b in (1, 32)},
+                "target": target.name,
+                "backend": target.backend_description,
+                "built_with": built_with,
+                "dataset_fingerprint": data.fingerprint,
+            }
+            if name in ("pruned", "int8"):
+                entry["accuracy_target_met"] = entry["top1_delta_vs_fp32_points"] >= -ACCURACY_TARGET_POINTS
+                if not entry["accuracy_target_met"]:
+                    log(
+                        f"warning: {name} top-1 is {-entry['top1_delta_vs_fp32_points']:.2f} points below fp32 "
+                        f"(target {ACCURACY_TARGET_POINTS}); train longer or lower --prune-ratio"
+                    )
+            manifest_variants[name] = entry
+            log(
+                f"{name}: top-1 {acc:.4f}, {entry['parameters']:,} params, {entry['flops'] / 1e6:.1f} MFLOPs, "
+                f"{entry['file_bytes'] / 1e6:.2f} MB, {entry['latency_ms']['batch_32']:.2f} ms @32 "
+                f"→ {compiled.model_name}"
+            )
+
+        if opts.public_variant:
+            artifact = VariantArtifact(
+                opts.public_variant, PRECISION[opts.public_variant], onnx_paths[opts.public_variant]
+            )
+            target.compile(artifact, opts.public_model, staging, opts.max_batch_size)
+
+        manifest = _merge_manifest(opts, data.describe(), manifest_variants)
+        manifest["build_seconds"] = round(time.perf_counter() - started, 1)
+        write_json(staging / MANIFEST, manifest)
+    log(
+        f"wrote {len(manifest_variants)} variant(s) + public model {opts.public_model!r} to {opts.repository} "
+        f"in {manifest['build_seconds']} s"
+    )
+    return manifest
+
+
+def _enforce_tolerance(name: str, kind: str, check: dict) -> None:
+    metric, limit = EXPORT_TOLERANCE[kind]
+    if check[metric] > limit:
+        raise ExportError(
+            f"{name}: ONNX output differs from PyTorch ({metric} {check[metric]:.3g} > {limit}); "
+            "the exporter mistranslated an op — try another --opset or report it"
+        )
+
+
+def _merge_manifest(opts: BuildOptions, dataset: dict, variants: dict) -> dict[str, Any]:
+    """Keep earlier entries for variants this build did not touch, if they came from the same data."""
+    merged = dict(variants)
+    try:
+        old = read_manifest(opts.repository)
+    except RepositoryError:
+        old = {}
+    for name, entry in old.get("variants", {}).items():
+        if (
+            name not in merged
+            and entry.get("dataset_fingerprint") == dataset["fingerprint"]
+            and (opts.repository / entry.get("model_name", "")).is_dir()
+        ):
+            merged[name] = entry
+    opt_view = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items() if k != "extra"}
+    return {
+        "schema_version": 1,
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count()},
+        "dataset": dataset,
+        "public_model": opts.public_model,
+        "public_variant": opts.public_variant,
+        "input": {"name": ox.INPUT_NAME, "datatype": "FP32", "shape": [-1, 3, 32, 32], "range": [0.0, 1.0]},
+        "output": {"name": ox.OUTPUT_NAME, "datatype": "FP32", "shape": [-1, 10], "meaning": "class logits"},
+        "accuracy_target_points": ACCURACY_TARGET_POINTS,
+        "options": opt_view,
+        "variants": {k: merged[k] for k in VARIANTS if k in merged},
+    }

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from tritune.model_config import ModelConfig
+
+
+@dataclass(frozen=True)
+class VariantArtifact:
+    """One optimized variant as the builders produced it: an ONNX file with a dynamic batch dimension."""
+
+    variant: str
+    precision: str
+    onnx_path: Path
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.onnx_path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CompiledModel:
+    model_name: str
+    model_dir: Path
+    config: ModelConfig
+    artifact_sha256: str
+
+
+class Target(Protocol):
+    name: str
+    backend_description: str
+
+    def check_available(self) -> None:
+        """Raise TargetUnavailableError, saying what to install, when the toolchain is missing."""
+
+    def compile(self, artifact: VariantArtifact, model_name: str, out_root: Path, max_batch_size: int) -> CompiledModel:
+        """Write ``out_root/model_name/`` (version folder ``1`` + config.pbtxt) and return what was written."""

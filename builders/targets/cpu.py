@@ -1,0 +1,59 @@
+"""CPU target: Triton's Python backend running the variant's ONNX with ONNX Runtime."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from builders.onnx_utils import INPUT_NAME, MAX_EXPORT_BATCH, OUTPUT_NAME
+from builders.targets.base import CompiledModel, VariantArtifact
+from tritune.errors import BuildError
+from tritune.model_config import InstanceGroup, ModelConfig, TensorSpec
+
+MODEL_PY = Path(__file__).resolve().parent.parent / "triton" / "model.py"
+
+
+def cpu_model_config(
+    model_name: str, artifact: VariantArtifact, sha256: str, max_batch_size: int, num_classes: int = 10
+) -> ModelConfig:
+    """Triton's default serving config for a variant: one CPU instance, no dynamic batching.
+
+    The orchestrator starts from here and retunes batching and instances live.
+    """
+    return ModelConfig(
+        name=model_name,
+        backend="python",
+        max_batch_size=max_batch_size,
+        inputs=(TensorSpec(INPUT_NAME, "TYPE_FP32", (3, 32, 32)),),
+        outputs=(TensorSpec(OUTPUT_NAME, "TYPE_FP32", (num_classes,)),),
+        instance_group=(InstanceGroup(count=1, kind="KIND_CPU"),),
+        parameters={
+            "intra_op_num_threads": "auto",
+            "variant": artifact.variant,
+            "precision": artifact.precision,
+            # Also makes a config differ whenever the artifact does, so a reload with new files is never skipped.
+            "artifact_sha256": sha256,
+        },
+    )
+
+
+class CpuTarget:
+    name = "cpu"
+    backend_description = "Triton Python backend + ONNX Runtime (CPUExecutionProvider)"
+
+    def check_available(self) -> None:
+        if not MODEL_PY.is_file():
+            raise BuildError(f"{MODEL_PY} is missing from the installation; reinstall the package")
+
+    def compile(self, artifact: VariantArtifact, model_name: str, out_root: Path, max_batch_size: int) -> CompiledModel:
+        if not 1 <= max_batch_size <= MAX_EXPORT_BATCH:
+            raise BuildError(f"max batch size must be in 1..{MAX_EXPORT_BATCH}, got {max_batch_size}")
+        model_dir = out_root / model_name
+        version_dir = model_dir / "1"
+        version_dir.mkdir(parents=True, exist_ok=False)
+        shutil.copyfile(artifact.onnx_path, version_dir / "model.onnx")
+        shutil.copyfile(MODEL_PY, version_dir / "model.py")
+        sha = artifact.sha256
+        config = cpu_model_config(model_name, artifact, sha, max_batch_size)
+        config.write(model_dir)
+        return CompiledModel(model_name, model_dir, config, sha)

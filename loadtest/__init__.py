@@ -1,0 +1,1 @@
+"""Locust load tests for Triton (see the load-test issue)."""

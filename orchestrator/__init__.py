@@ -1,0 +1,1 @@
+"""Live SLO tuner for Triton (see the orchestrator issue)."""

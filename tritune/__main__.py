@@ -1,0 +1,3 @@
+from tritune.cli import main
+
+raise SystemExit(main())

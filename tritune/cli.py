@@ -1,0 +1,87 @@
+"""The ``tritune`` console command: one entry point, one subcommand per job.
+
+Options come from the command line, ``TRITUNE_*`` environment variables, a config file and
+``[tool.tritune]`` in pyproject.toml; see :mod:`tritune.settings` for the precedence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tritune import __version__, settings
+from tritune.errors import TrituneError
+
+Command = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {
+    # name: (help, add_arguments, "module:function")
+    "build": (
+        "train, prune, distil, quantize and export the CNN variants into a Triton model repository",
+        lambda p: __import__("builders.cli", fromlist=["add_arguments"]).add_arguments(p),
+        "builders.cli:run",
+    ),
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    parser = argparse.ArgumentParser(
+        prog="tritune",
+        description="Optimized CNN variants on Triton, tuned live against a latency SLO.",
+        epilog="Every option is also read from TRITUNE_<OPTION>, a config file (--config, TRITUNE_CONFIG or "
+        "./tritune.toml) and [tool.tritune] in ./pyproject.toml; the command line wins, then the "
+        "environment, then the config file, then pyproject.toml.",
+    )
+    parser.add_argument("--version", action="version", version=f"tritune {__version__}")
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML config file (default: $TRITUNE_CONFIG or ./tritune.toml)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = {}
+    for name, (help_text, add_arguments, target) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+        p.set_defaults(_target=target)
+        subparsers[name] = p
+    return parser, subparsers
+
+
+def _command_name(argv: Sequence[str]) -> str | None:
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        if token == "--config":
+            skip = True
+            continue
+        if not token.startswith("-"):
+            return token
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, subparsers = build_parser()
+    try:
+        name = _command_name(argv)
+        if name in subparsers:
+            pre_config = [argv[i + 1] for i, t in enumerate(argv[:-1]) if t == "--config"]
+            pre_config += [t.split("=", 1)[1] for t in argv if t.startswith("--config=")]
+            subparsers[name].set_defaults(
+                **settings.layered_defaults(name, subparsers[name], pre_config[-1] if pre_config else None)
+            )
+        args = parser.parse_args(argv)
+        module, func = args._target.split(":")
+        return int(getattr(__import__(module, fromlist=[func]), func)(args) or 0)
+    except TrituneError as exc:
+        print(f"tritune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tritune: interrupted", file=sys.stderr)
+        return 130
+
+
+def path_arg(value: str) -> Path:
+    return Path(value).expanduser()

@@ -1,0 +1,40 @@
+"""One exception root for the whole stack; subclasses say which part failed.
+
+Every message is one line that says what is wrong and what to do next, so the CLI can print it as is.
+"""
+
+from __future__ import annotations
+
+
+class TrituneError(Exception):
+    """Root of every error the stack raises on purpose."""
+
+    exit_code = 2
+
+
+class ConfigError(TrituneError):
+    """An option, config file or environment variable has a bad value."""
+
+
+class DataError(TrituneError):
+    """A data set is missing, corrupt or unusable."""
+
+
+class CheckpointError(TrituneError):
+    """A model checkpoint cannot be read or does not match its architecture."""
+
+
+class BuildError(TrituneError):
+    """A builder step failed (training, pruning, quantization, compilation)."""
+
+
+class ExportError(BuildError):
+    """An exported model fails the ONNX checker or disagrees with PyTorch."""
+
+
+class TargetUnavailableError(BuildError):
+    """A compile target's toolchain (e.g. TensorRT) is not installed here."""
+
+
+class RepositoryError(TrituneError):
+    """The Triton model repository cannot be read or written."""
