@@ -7,20 +7,23 @@ Options come from the command line, ``TRITUNE_*`` environment variables, a confi
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from tritune import __version__, settings
 from tritune.errors import TrituneError
 
-Command = Callable[[argparse.Namespace], int]
-_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {
-    # name: (help, add_arguments, "module:function")
+# name: (help, module with add_arguments(parser) and run(args)); modules import lazily, so `--help` stays fast.
+_COMMANDS: dict[str, tuple[str, str]] = {
     "build": (
         "train, prune, distil, quantize and export the CNN variants into a Triton model repository",
-        lambda p: __import__("builders.cli", fromlist=["add_arguments"]).add_arguments(p),
-        "builders.cli:run",
+        "builders.cli",
+    ),
+    "serve": (
+        "run a local Triton on the model repository (127.0.0.1, admin API restricted by a key)",
+        "tritune.serve_cli",
     ),
 }
 
@@ -39,10 +42,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     subparsers = {}
-    for name, (help_text, add_arguments, target) in _COMMANDS.items():
+    for name, (help_text, module) in _COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        add_arguments(p)
-        p.set_defaults(_target=target)
+        importlib.import_module(module).add_arguments(p)
+        p.set_defaults(_module=module)
         subparsers[name] = p
     return parser, subparsers
 
@@ -73,8 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 **settings.layered_defaults(name, subparsers[name], pre_config[-1] if pre_config else None)
             )
         args = parser.parse_args(argv)
-        module, func = args._target.split(":")
-        return int(getattr(__import__(module, fromlist=[func]), func)(args) or 0)
+        return int(importlib.import_module(args._module).run(args) or 0)
     except TrituneError as exc:
         print(f"tritune: error: {exc}", file=sys.stderr)
         return exc.exit_code

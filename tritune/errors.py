@@ -38,3 +38,27 @@ class TargetUnavailableError(BuildError):
 
 class RepositoryError(TrituneError):
     """The Triton model repository cannot be read or written."""
+
+
+class ServerError(TrituneError):
+    """Triton could not be found, started, or reached."""
+
+
+class ServerUnavailableError(ServerError):
+    """Triton is not reachable (not started, crashed, or restarting)."""
+
+
+class InferenceError(TrituneError):
+    """Triton answered an inference request with an error (bad input, unknown model, ...)."""
+
+
+class ModelNotFoundError(InferenceError):
+    """The model name is unknown to the server, or not loaded."""
+
+
+class RequestTimeoutError(InferenceError):
+    """The request did not complete within its timeout."""
+
+
+class AdminError(TrituneError):
+    """A model-repository (load/unload) call was refused or failed."""

@@ -1,0 +1,198 @@
+"""A small Triton client used by the tests, the load tests and the orchestrator.
+
+numpy in, numpy out, over HTTP or gRPC (tritonclient), with a timeout and typed errors. Admin calls (load,
+unload, switching the variant behind the public model name) need the key that ``tritune serve`` configured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tritonclient.utils import InferenceServerException
+
+from tritune.errors import (
+    AdminError,
+    InferenceError,
+    ModelNotFoundError,
+    RequestTimeoutError,
+    ServerUnavailableError,
+)
+from tritune.model_config import ModelConfig
+from tritune.server import ADMIN_HEADER, GRPC_ADMIN_HEADER
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+PROTOCOLS = ("http", "grpc")
+
+
+def _classify(exc: InferenceServerException, model: str, url: str) -> Exception:
+    message = (exc.message() or str(exc) or "unknown error").strip().splitlines()[0]
+    message = message.replace("[request id: <id_unknown>] ", "").split(" NOTE: ")[0]
+    status = str(exc.status() or "")
+    low = message.lower()
+    if "timeout" in low or "timed out" in low or "deadline" in low.replace("_", " "):
+        return RequestTimeoutError(f"{model}: request timed out at {url} ({message}); raise the timeout or lower load")
+    unreachable = ("failed to connect", "connection refused", "connect error", "connection reset", "socket closed")
+    if any(s in low for s in unreachable) or ("unavailable" in status.lower() and "restricted" not in low):
+        return ServerUnavailableError(f"Triton at {url} is unreachable ({message}); is `tritune serve` running?")
+    if "unknown model" in low or "not found" in low or "is not ready" in low or "not loaded" in low:
+        return ModelNotFoundError(
+            f"{model}: {message}; check the model name (`cnn`, `cnn_<variant>`) and that it is loaded"
+        )
+    return InferenceError(f"{model}: {message}")
+
+
+class InferenceClient:
+    """``InferenceClient("127.0.0.1:8000")`` (HTTP) or ``InferenceClient("127.0.0.1:8001", "grpc")``."""
+
+    def __init__(
+        self,
+        url: str,
+        protocol: str = "http",
+        timeout_s: float = 30.0,
+        admin_key: str | None = None,
+        concurrency: int = 1,
+    ):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
+        self._admin_key = admin_key
+        if protocol == "http":
+            import tritonclient.http as mod
+
+            self._client = mod.InferenceServerClient(
+                url, connection_timeout=timeout_s, network_timeout=timeout_s, concurrency=concurrency
+            )
+        else:
+            import tritonclient.grpc as mod
+
+            self._client = mod.InferenceServerClient(url)
+        self._mod = mod
+
+    # -- inference -----------------------------------------------------------------------------------------------
+    def infer(
+        self, model: str, images: np.ndarray, input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME
+    ) -> np.ndarray:
+        """Logits for a float32 batch ``[N, 3, 32, 32]`` of images in [0, 1]."""
+        images = np.ascontiguousarray(images)
+        datatype = {
+            np.dtype(np.float32): "FP32",
+            np.dtype(np.float16): "FP16",
+            np.dtype(np.float64): "FP64",
+            np.dtype(np.int32): "INT32",
+            np.dtype(np.uint8): "UINT8",
+        }.get(images.dtype)
+        if datatype is None:
+            raise InferenceError(f"{model}: cannot send a {images.dtype} array; convert images to float32")
+        inp = self._mod.InferInput(input_name, list(images.shape), datatype)
+        inp.set_data_from_numpy(images)
+        out = self._mod.InferRequestedOutput(output_name)
+        try:
+            if self.protocol == "http":
+                result = self._client.infer(model, [inp], outputs=[out], timeout=int(self.timeout_s * 1e6))
+            else:
+                result = self._client.infer(model, [inp], outputs=[out], client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise _classify(exc, model, self.url) from None
+        except (ConnectionError, OSError) as exc:
+            raise ServerUnavailableError(
+                f"Triton at {self.url} is unreachable ({exc}); is `tritune serve` running?"
+            ) from None
+        return result.as_numpy(output_name)
+
+    def predict(self, model: str, images: np.ndarray) -> np.ndarray:
+        return self.infer(model, images).argmax(axis=1)
+
+    # -- health and config ---------------------------------------------------------------------------------------
+    def is_ready(self, model: str | None = None) -> bool:
+        try:
+            return bool(self._client.is_model_ready(model) if model else self._client.is_server_ready())
+        except (InferenceServerException, ConnectionError, OSError):
+            return False
+
+    def model_config(self, model: str) -> ModelConfig:
+        try:
+            if self.protocol == "http":
+                return ModelConfig.from_dict(self._client.get_model_config(model))
+            return ModelConfig.from_dict(self._client.get_model_config(model, as_json=True))
+        except InferenceServerException as exc:
+            raise _classify(exc, model, self.url) from None
+
+    def model_stats(self, model: str) -> dict[str, Any]:
+        kwargs = {} if self.protocol == "http" else {"as_json": True}
+        try:
+            return self._client.get_inference_statistics(model, **kwargs)
+        except InferenceServerException as exc:
+            raise _classify(exc, model, self.url) from None
+
+    # -- admin (model-repository API, restricted by key) -----------------------------------------------------------
+    def _admin_headers(self) -> dict[str, str]:
+        if not self._admin_key:
+            return {}
+        return {ADMIN_HEADER if self.protocol == "http" else GRPC_ADMIN_HEADER: self._admin_key}
+
+    def _admin_error(self, action: str, model: str, exc: InferenceServerException) -> AdminError:
+        message = (exc.message() or str(exc)).strip().splitlines()[0]
+        if "restricted" in message.lower():
+            return AdminError(f"{action} of {model} refused: {message}; pass the admin key (TRITUNE_ADMIN_KEY)")
+        if action == "load":
+            return AdminError(f"load of {model} failed, the previous copy keeps serving: {message}")
+        return AdminError(f"{action} of {model} failed: {message}")
+
+    def load(self, model: str, config: ModelConfig | None = None, files: dict[str, bytes] | None = None) -> None:
+        """Load or reload ``model``; with ``config`` (and ``files``) the served copy changes without touching disk.
+        Triton keeps serving the old copy until the new one is ready, and keeps it if the load fails."""
+        try:
+            self._client.load_model(
+                model,
+                headers=self._admin_headers(),
+                config=config.to_json() if config is not None else None,
+                files=files,
+            )
+        except InferenceServerException as exc:
+            raise self._admin_error("load", model, exc) from None
+
+    def unload(self, model: str) -> None:
+        try:
+            self._client.unload_model(model, headers=self._admin_headers())
+        except InferenceServerException as exc:
+            raise self._admin_error("unload", model, exc) from None
+
+    def switch_variant(self, public_model: str, variant_model: str, repository: Path | str) -> ModelConfig:
+        """Serve ``variant_model``'s artifact under ``public_model`` (e.g. ``cnn`` → ``cnn_int8``), keeping the
+        public model's batching and instance settings. Requests in flight finish on the old copy; none are lost."""
+        current = self.model_config(public_model)
+        variant = ModelConfig.read(Path(repository) / variant_model)
+        # An override replaces the whole model folder with just these files (model.py included, or the stub
+        # finds nothing to run and Triton waits on it forever).
+        files = {
+            f"file:1/{p.name}": p.read_bytes()
+            for p in sorted((Path(repository) / variant_model / "1").iterdir())
+            if p.is_file()
+        }
+        keep = {k: v for k, v in current.parameters.items() if k not in ("variant", "precision", "artifact_sha256")}
+        new = current.with_parameters(
+            **{
+                **keep,
+                **{
+                    k: variant.parameters[k]
+                    for k in ("variant", "precision", "artifact_sha256")
+                    if k in variant.parameters
+                },
+            }
+        )
+        self.load(public_model, config=new, files=files)
+        return new
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # closing a dead connection is not an error
+            self._client.close()
+
+    def __enter__(self) -> InferenceClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
