@@ -30,6 +30,9 @@ from builders.train import TrainConfig, distill, predict_logits, top1, train
 from tritune.errors import BuildError, CheckpointError, ExportError, RepositoryError
 
 VARIANTS = ("fp32", "pruned", "distilled", "fp16", "int8")
+# The public model holds every variant as a version; the numbers are fixed so a config names the same variant
+# across rebuilds.
+VERSION_OF = {v: i for i, v in enumerate(VARIANTS, start=1)}
 PRECISION = {"fp32": "fp32", "pruned": "fp32", "distilled": "fp32", "fp16": "fp16", "int8": "int8"}
 # Bump when training code changes in a way that must invalidate cached checkpoints.
 TRAINING_CODE_VERSION = 1
@@ -298,10 +301,10 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> dict[str, A
             )
 
         if opts.public_variant:
-            artifact = VariantArtifact(
-                opts.public_variant, PRECISION[opts.public_variant], onnx_paths[opts.public_variant]
+            public = {VERSION_OF[v]: VariantArtifact(v, PRECISION[v], onnx_paths[v]) for v in manifest_variants}
+            target.compile_public(
+                public, VERSION_OF[opts.public_variant], opts.public_model, staging, opts.max_batch_size
             )
-            target.compile(artifact, opts.public_model, staging, opts.max_batch_size)
 
         manifest = _merge_manifest(opts, data.describe(), manifest_variants)
         manifest["build_seconds"] = round(time.perf_counter() - started, 1)
@@ -344,6 +347,7 @@ def _merge_manifest(opts: BuildOptions, dataset: dict, variants: dict) -> dict[s
         "dataset": dataset,
         "public_model": opts.public_model,
         "public_variant": opts.public_variant,
+        "public_versions": {v: VERSION_OF[v] for v in variants},
         "input": {"name": ox.INPUT_NAME, "datatype": "FP32", "shape": [-1, 3, 32, 32], "range": [0.0, 1.0]},
         "output": {"name": ox.OUTPUT_NAME, "datatype": "FP32", "shape": [-1, 10], "meaning": "class logits"},
         "accuracy_target_points": ACCURACY_TARGET_POINTS,

@@ -7,7 +7,8 @@ unload, switching the variant behind the public model name) need the key that ``
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
+import json
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from tritune.errors import (
     RequestTimeoutError,
     ServerUnavailableError,
 )
-from tritune.model_config import ModelConfig
+from tritune.model_config import ModelConfig, VersionPolicy
 from tritune.server import ADMIN_HEADER, GRPC_ADMIN_HEADER
 
 INPUT_NAME = "input"
@@ -161,30 +162,13 @@ class InferenceClient:
         except InferenceServerException as exc:
             raise self._admin_error("unload", model, exc) from None
 
-    def switch_variant(self, public_model: str, variant_model: str, repository: Path | str) -> ModelConfig:
-        """Serve ``variant_model``'s artifact under ``public_model`` (e.g. ``cnn`` → ``cnn_int8``), keeping the
-        public model's batching and instance settings. Requests in flight finish on the old copy; none are lost."""
+    def switch_variant(self, public_model: str, variant: str) -> ModelConfig:
+        """Serve ``variant`` (e.g. ``int8``) under ``public_model``: a config-only reload that changes the version
+        policy to that variant's version and keeps batching and instance settings. Triton routes requests to the
+        new version once it is READY and unloads the old one after its requests finish: none are lost."""
         current = self.model_config(public_model)
-        variant = ModelConfig.read(Path(repository) / variant_model)
-        # An override replaces the whole model folder with just these files (model.py included, or the stub
-        # finds nothing to run and Triton waits on it forever).
-        files = {
-            f"file:1/{p.name}": p.read_bytes()
-            for p in sorted((Path(repository) / variant_model / "1").iterdir())
-            if p.is_file()
-        }
-        keep = {k: v for k, v in current.parameters.items() if k not in ("variant", "precision", "artifact_sha256")}
-        new = current.with_parameters(
-            **{
-                **keep,
-                **{
-                    k: variant.parameters[k]
-                    for k in ("variant", "precision", "artifact_sha256")
-                    if k in variant.parameters
-                },
-            }
-        )
-        self.load(public_model, config=new, files=files)
+        new = with_variant(current, variant)
+        self.load(public_model, config=new)
         return new
 
     def close(self) -> None:
@@ -196,3 +180,21 @@ class InferenceClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def variant_versions(config: ModelConfig) -> dict[str, int]:
+    """The public model's variant → version map, written by the builders."""
+    raw = config.parameters.get("variant_versions")
+    if not raw:
+        raise AdminError(f"{config.name} has no variant_versions parameter; rebuild it with `tritune build`")
+    return {k: int(v) for k, v in json.loads(raw).items()}
+
+
+def with_variant(config: ModelConfig, variant: str) -> ModelConfig:
+    versions = variant_versions(config)
+    if variant not in versions:
+        raise AdminError(f"variant {variant!r} is not in {config.name} (has {', '.join(versions)}); build it first")
+    precision = {"fp16": "fp16", "int8": "int8"}.get(variant, "fp32")
+    return replace(config, version_policy=VersionPolicy(specific=(versions[variant],))).with_parameters(
+        variant=variant, precision=precision
+    )

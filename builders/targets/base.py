@@ -38,3 +38,8 @@ class Target(Protocol):
 
     def compile(self, artifact: VariantArtifact, model_name: str, out_root: Path, max_batch_size: int) -> CompiledModel:
         """Write ``out_root/model_name/`` (version folder ``1`` + config.pbtxt) and return what was written."""
+
+    def compile_public(
+        self, versions: dict[int, VariantArtifact], live: int, model_name: str, out_root: Path, max_batch_size: int
+    ) -> CompiledModel:
+        """Write the public model with one version per variant, ``live`` selected by its version policy."""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from builders.onnx_utils import INPUT_NAME, MAX_EXPORT_BATCH, OUTPUT_NAME
 from builders.targets.base import CompiledModel, VariantArtifact
 from tritune.errors import BuildError
-from tritune.model_config import InstanceGroup, ModelConfig, TensorSpec
+from tritune.model_config import InstanceGroup, ModelConfig, TensorSpec, VersionPolicy
 
 MODEL_PY = Path(__file__).resolve().parent.parent / "triton" / "model.py"
 
@@ -55,5 +57,30 @@ class CpuTarget:
         shutil.copyfile(MODEL_PY, version_dir / "model.py")
         sha = artifact.sha256
         config = cpu_model_config(model_name, artifact, sha, max_batch_size)
+        config.write(model_dir)
+        return CompiledModel(model_name, model_dir, config, sha)
+
+    def compile_public(
+        self, versions: dict[int, VariantArtifact], live: int, model_name: str, out_root: Path, max_batch_size: int
+    ) -> CompiledModel:
+        """The public model: every variant as one version; ``version_policy`` picks the one that serves.
+
+        Switching variants is then a config-only reload (Triton loads the new version, routes to it when READY
+        and unloads the old one after its requests finish), and later config-only reloads (instances, batching)
+        keep serving the chosen version's files from disk.
+        """
+        if live not in versions:
+            raise BuildError(f"live version {live} is not among {sorted(versions)}")
+        model_dir = out_root / model_name
+        for number, artifact in versions.items():
+            version_dir = model_dir / str(number)
+            version_dir.mkdir(parents=True, exist_ok=False)
+            shutil.copyfile(artifact.onnx_path, version_dir / "model.onnx")
+            shutil.copyfile(MODEL_PY, version_dir / "model.py")
+        sha = versions[live].sha256
+        config = replace(
+            cpu_model_config(model_name, versions[live], sha, max_batch_size),
+            version_policy=VersionPolicy(specific=(live,)),
+        ).with_parameters(variant_versions=json.dumps({a.variant: n for n, a in sorted(versions.items())}))
         config.write(model_dir)
         return CompiledModel(model_name, model_dir, config, sha)

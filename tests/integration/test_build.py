@@ -85,6 +85,12 @@ def test_each_model_folder_is_servable(built):
         assert ox.run_onnx(ox.session(folder / "1" / "model.onnx"), x).shape == (3, 10)
     public = ModelConfig.read(root / "repo" / "cnn")
     assert public.name == "cnn" and public.parameters["variant"] == "fp32"
+    assert public.version_policy.specific == (1,)
+    versions = json.loads(public.parameters["variant_versions"])
+    assert versions == manifest["public_versions"] == {v: i for i, v in enumerate(VARIANTS, start=1)}
+    for variant, number in versions.items():  # each version is that variant's artifact
+        source = root / "repo" / f"cnn_{variant}" / "1" / "model.onnx"
+        assert (root / "repo" / "cnn" / str(number) / "model.onnx").read_bytes() == source.read_bytes()
 
 
 def test_second_build_reuses_checkpoints(built):

@@ -113,6 +113,19 @@ def test_admin_api_needs_the_key(server, held_out):
     assert InferenceClient(server.http_url).is_ready("cnn")
 
 
+def test_switched_variant_survives_a_config_only_reload(server, quick_repository, held_out):
+    x = held_out[0][:8]
+    with InferenceClient(server.http_url, admin_key=ADMIN_KEY, timeout_s=120) as admin:
+        admin.switch_variant("cnn", "int8")
+        admin.load("cnn", config=admin.model_config("cnn").with_instances(2))  # what the orchestrator does
+        reference = ox.run_onnx(ox.session(quick_repository / "cnn_int8" / "1" / "model.onnx"), x)
+        np.testing.assert_allclose(admin.infer("cnn", x), reference, rtol=1e-5, atol=1e-5)
+        with pytest.raises(AdminError, match="not in cnn"):
+            admin.switch_variant("cnn", "int4")
+        admin.load("cnn", config=admin.model_config("cnn").with_instances(1))
+        admin.switch_variant("cnn", "fp32")
+
+
 def test_failed_load_keeps_the_old_model_serving(server, quick_repository, held_out):
     with InferenceClient(server.http_url, admin_key=ADMIN_KEY) as client:
         bad = client.model_config("cnn").with_parameters(onnx_file="missing.onnx")
@@ -143,11 +156,11 @@ def test_variant_switch_under_8_concurrent_clients_loses_nothing(server, quick_r
     for t in threads:
         t.start()
     admin = InferenceClient(server.http_url, admin_key=ADMIN_KEY, timeout_s=120)
-    sequence = ["cnn_int8", "cnn_pruned", "cnn_distilled", "cnn_fp16", "cnn_fp32"]
+    sequence = ["int8", "pruned", "distilled", "fp16", "fp32"]
     try:
         time.sleep(0.5)
         for variant in sequence:
-            admin.switch_variant("cnn", variant, quick_repository)
+            admin.switch_variant("cnn", variant)
             time.sleep(0.3)
     finally:
         stop.set()

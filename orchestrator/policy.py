@@ -1,0 +1,482 @@
+"""Decide: pure functions from (window, current config, state, context, now) to (decision, new state).
+
+No I/O happens here, so every rule can be tested tick by tick with a fake clock. Three layers:
+
+* :class:`RulePolicy` proposes the next config: under pressure it climbs a ladder (turn on dynamic batching →
+  add an instance → lengthen the queue delay → a faster variant at or above the accuracy floor); when load is
+  light it walks back (a more accurate variant if the capacity model says it fits → fewer instances → shorter
+  delay).
+* :class:`GuardRails` wrap any policy: hardware bounds (instances × threads ≤ cores on CPU, free GPU memory),
+  step limits, separate up and down delays (a proposal must persist), a cool-down after each action, and the
+  accuracy floor as a hard limit.
+* :func:`step` runs the controller: re-apply the last good config after a Triton restart, verify each action over
+  the next windows and roll back a regression (the rejected config stays tabu for a while), never two actions
+  at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from orchestrator.metrics import Window
+from tritune.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """The knobs the orchestrator turns on the public model."""
+
+    variant: str
+    instances: int = 1
+    threads: int = 0  # ORT intra-op threads per instance; 0 = auto (cores ÷ instances)
+    dynamic_batching: bool = False
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+    def describe(self) -> dict:
+        return {
+            "variant": self.variant,
+            "instances": self.instances,
+            "threads": self.threads,
+            "dynamic_batching": self.dynamic_batching,
+            "max_queue_delay_us": self.max_queue_delay_us,
+            "preferred_batch_sizes": list(self.preferred_batch_sizes),
+        }
+
+
+@dataclass(frozen=True)
+class VariantInfo:
+    name: str
+    model_name: str
+    top1: float
+    latency_ms_b32: float  # in-process ORT latency at batch 32: the relative cost of the variant
+
+
+@dataclass(frozen=True)
+class Objective:
+    p99_latency_ms: float
+    accuracy_floor: float = 0.0  # absolute top-1, 0..1
+
+    def __post_init__(self) -> None:
+        if not self.p99_latency_ms > 0:
+            raise ConfigError(f"--slo-p99-ms must be > 0, got {self.p99_latency_ms}")
+        if not 0 <= self.accuracy_floor <= 1:
+            raise ConfigError(f"--accuracy-floor is a top-1 fraction in [0, 1], got {self.accuracy_floor}")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the policy may know besides the window: the objective, the variants, the hardware."""
+
+    objective: Objective
+    variants: dict[str, VariantInfo]
+    cores: int = 2
+    kind: str = "cpu"  # or "gpu"
+    max_instances: int = 4
+    min_instances: int = 1
+    max_batch_size: int = 64
+    max_queue_delay_us: int = 0  # 0: a quarter of the SLO
+    gpu_memory_per_instance_bytes: float = 0.0
+
+    def __post_init__(self) -> None:
+        allowed = [v for v in self.variants.values() if v.top1 >= self.objective.accuracy_floor]
+        if not allowed:
+            best = max((v.top1 for v in self.variants.values()), default=0.0)
+            raise ConfigError(
+                f"no variant reaches the accuracy floor {self.objective.accuracy_floor:.4f} "
+                f"(best top-1 is {best:.4f}); lower --accuracy-floor"
+            )
+
+    @property
+    def delay_cap_us(self) -> int:
+        return self.max_queue_delay_us or int(self.objective.p99_latency_ms * 1000 / 4)
+
+    def allowed_variants(self) -> list[VariantInfo]:
+        """Variants at or above the floor, fastest first."""
+        ok = [v for v in self.variants.values() if v.top1 >= self.objective.accuracy_floor]
+        return sorted(ok, key=lambda v: (v.latency_ms_b32, -v.top1))
+
+    def most_accurate(self) -> VariantInfo:
+        return max(self.allowed_variants(), key=lambda v: (v.top1, -v.latency_ms_b32))
+
+
+@dataclass(frozen=True)
+class Proposal:
+    config: ServingConfig
+    direction: str  # "up" (more capacity) or "down" (less capacity / more accuracy)
+    rule: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # "hold", "apply", "rollback", "reapply"
+    rule: str
+    reason: str
+    config: ServingConfig | None = None
+    verified: dict | None = None  # outcome of the previous action, when this tick judged it
+
+    @property
+    def changes(self) -> bool:
+        return self.action != "hold" and self.config is not None
+
+
+# -- signals ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Thresholds:
+    avg_fraction_over: float = 0.5  # mean latency above this share of the SLO is pressure (p99 ≈ 2-3 × mean)
+    p99_fraction_light: float = 0.5  # below this share of the SLO (and low utilization) the load is light
+    utilization_over: float = 0.9
+    utilization_light: float = 0.5
+    restore_target_utilization: float = 0.6  # a more accurate variant must fit below this utilization
+    backlog_per_instance: float = 4.0  # pending requests per instance that count as pressure
+
+
+def utilization(w: Window, config: ServingConfig) -> float:
+    return w.busy_s / max(w.interval_s * config.instances, 1e-9)
+
+
+def slo_met(w: Window, objective: Objective) -> bool:
+    p99 = w.p99_latency_ms if w.p99_latency_ms is not None else w.avg_latency_ms
+    return w.failures == 0 and p99 <= objective.p99_latency_ms
+
+
+def pressure(w: Window, config: ServingConfig, ctx: Context, t: Thresholds) -> str | None:
+    """Why this window is under pressure, or None."""
+    slo = ctx.objective.p99_latency_ms
+    if w.requests == 0 and w.pending_requests == 0:
+        return None
+    if w.p99_latency_ms is not None and w.p99_latency_ms > slo and w.avg_latency_ms > t.avg_fraction_over * slo / 2:
+        return f"p99 {w.p99_latency_ms:.1f} ms > SLO {slo:g} ms"
+    if w.avg_latency_ms > t.avg_fraction_over * slo:
+        return f"mean latency {w.avg_latency_ms:.1f} ms > {t.avg_fraction_over:.0%} of the SLO"
+    if w.pending_requests > t.backlog_per_instance * config.instances:
+        return f"{w.pending_requests:.0f} requests pending"
+    return None
+
+
+def light(w: Window, config: ServingConfig, ctx: Context, t: Thresholds) -> bool:
+    slo = ctx.objective.p99_latency_ms
+    p99 = w.p99_latency_ms if w.p99_latency_ms is not None else w.avg_latency_ms
+    return (
+        w.failures == 0
+        and w.avg_latency_ms < t.p99_fraction_light * slo / 2
+        and p99 < t.p99_fraction_light * slo
+        and utilization(w, config) < t.utilization_light
+    )
+
+
+# -- the policy -------------------------------------------------------------------------------------------------
+class Policy(Protocol):
+    def propose(self, w: Window, current: ServingConfig, ctx: Context) -> Proposal | None: ...
+
+
+@dataclass(frozen=True)
+class RulePolicy:
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    initial_delay_us: int = 500
+    preferred_batch_sizes: tuple[int, ...] = (4, 8, 16)
+
+    def propose(self, w: Window, current: ServingConfig, ctx: Context) -> Proposal | None:
+        t = self.thresholds
+        why = pressure(w, current, ctx, t)
+        if why is not None:
+            return self._up(w, current, ctx, why)
+        if light(w, current, ctx, t):
+            return self._down(w, current, ctx)
+        return None
+
+    def _up(self, w: Window, c: ServingConfig, ctx: Context, why: str) -> Proposal | None:
+        util = utilization(w, c)
+        if not c.dynamic_batching:
+            sizes = tuple(b for b in self.preferred_batch_sizes if b <= ctx.max_batch_size)
+            return Proposal(
+                replace(
+                    c,
+                    dynamic_batching=True,
+                    max_queue_delay_us=min(self.initial_delay_us, ctx.delay_cap_us),
+                    preferred_batch_sizes=sizes,
+                ),
+                "up",
+                "enable-dynamic-batching",
+                f"{why}; requests run one by one (batch {w.avg_batch:.1f})",
+            )
+        if c.instances < max_instances(ctx) and util >= self.thresholds.utilization_over * 0.8:
+            return Proposal(
+                replace(c, instances=c.instances + 1), "up", "add-instance", f"{why}; instances {util:.0%} busy"
+            )
+        if c.max_queue_delay_us < ctx.delay_cap_us and w.avg_queue_ms * 1000 < ctx.delay_cap_us:
+            return Proposal(
+                replace(
+                    c, max_queue_delay_us=min(max(c.max_queue_delay_us * 2, self.initial_delay_us), ctx.delay_cap_us)
+                ),
+                "up",
+                "lengthen-queue-delay",
+                f"{why}; batch {w.avg_batch:.1f}, larger batches amortize",
+            )
+        faster = [v for v in ctx.allowed_variants() if v.latency_ms_b32 < _cost(ctx, c.variant) * 0.95]
+        if faster:
+            target = max(faster, key=lambda v: (v.top1, -v.latency_ms_b32))  # most accurate of the faster ones
+            return Proposal(
+                replace(c, variant=target.name),
+                "up",
+                "faster-variant",
+                f"{why}; {c.variant} → {target.name} (top-1 {target.top1:.4f} ≥ floor "
+                f"{ctx.objective.accuracy_floor:.4f})",
+            )
+        return None
+
+    def _down(self, w: Window, c: ServingConfig, ctx: Context) -> Proposal | None:
+        util = utilization(w, c)
+        best = ctx.most_accurate()
+        if c.variant != best.name and c.variant in ctx.variants:
+            more = sorted(
+                (v for v in ctx.allowed_variants() if v.top1 > ctx.variants[c.variant].top1),
+                key=lambda v: v.latency_ms_b32,
+            )
+            for v in more:  # the cheapest variant that is more accurate and predicted to fit
+                predicted = util * v.latency_ms_b32 / _cost(ctx, c.variant)
+                if predicted < self.thresholds.restore_target_utilization:
+                    return Proposal(
+                        replace(c, variant=v.name),
+                        "down",
+                        "restore-variant",
+                        f"light load ({util:.0%} busy); {v.name} predicted {predicted:.0%} busy",
+                    )
+        if (
+            c.instances > ctx.min_instances
+            and util * c.instances / (c.instances - 1) < self.thresholds.utilization_light
+        ):
+            return Proposal(
+                replace(c, instances=c.instances - 1), "down", "remove-instance", f"light load ({util:.0%} busy)"
+            )
+        return None
+
+
+def _cost(ctx: Context, variant: str) -> float:
+    info = ctx.variants.get(variant)
+    return info.latency_ms_b32 if info else float("inf")
+
+
+def max_instances(ctx: Context) -> int:
+    # On the CPU each instance needs at least one core of its own; more only oversubscribes.
+    return min(ctx.max_instances, ctx.cores) if ctx.kind == "cpu" else ctx.max_instances
+
+
+# -- guard rails ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GuardConfig:
+    upscale_delay_s: float = 4.0  # pressure must persist this long before capacity is added
+    downscale_delay_s: float = 20.0  # light load must persist this long before capacity is removed
+    cooldown_s: float = 6.0  # after any action, before the next one (Triton reload + fresh metrics)
+    max_instance_step: int = 1
+    max_delay_factor: float = 2.0
+
+
+@dataclass(frozen=True)
+class GuardState:
+    direction: str | None = None
+    since_s: float | None = None
+    last_action_s: float | None = None
+
+
+def guard(
+    proposal: Proposal | None,
+    current: ServingConfig,
+    w: Window,
+    ctx: Context,
+    g: GuardConfig,
+    state: GuardState,
+    now_s: float,
+) -> tuple[Decision, GuardState]:
+    """Clamp a proposal to the hardware and step limits and hold it until its direction has persisted."""
+    if proposal is None:
+        return Decision("hold", "steady", "within the SLO band"), replace(state, direction=None, since_s=None)
+    since = state.since_s if state.direction == proposal.direction and state.since_s is not None else now_s
+    state = replace(state, direction=proposal.direction, since_s=since)
+    delay = g.upscale_delay_s if proposal.direction == "up" else g.downscale_delay_s
+    if now_s - since < delay:
+        return Decision(
+            "hold",
+            f"waiting-{proposal.direction}-delay",
+            f"{proposal.rule} proposed for {now_s - since:.1f}/{delay:g} s",
+        ), state
+    if state.last_action_s is not None and now_s - state.last_action_s < g.cooldown_s:
+        return Decision(
+            "hold", "cooldown", f"{now_s - state.last_action_s:.1f}/{g.cooldown_s:g} s since last action"
+        ), state
+    target = clamp(proposal.config, current, w, ctx, g)
+    if target == current:
+        return Decision("hold", "at-limit", f"{proposal.rule} blocked by bounds: {proposal.reason}"), state
+    return Decision("apply", proposal.rule, proposal.reason, target), state
+
+
+def clamp(target: ServingConfig, current: ServingConfig, w: Window, ctx: Context, g: GuardConfig) -> ServingConfig:
+    hi = max_instances(ctx)
+    step = max(-g.max_instance_step, min(g.max_instance_step, target.instances - current.instances))
+    instances = max(ctx.min_instances, min(hi, current.instances + step))
+    if ctx.kind == "gpu" and instances > current.instances and ctx.gpu_memory_per_instance_bytes:
+        free = w.gpu_memory_free_bytes if w.gpu_memory_free_bytes is not None else 0.0
+        affordable = int(free // ctx.gpu_memory_per_instance_bytes)
+        instances = min(instances, current.instances + max(affordable, 0))
+    threads = max(1, ctx.cores // instances) if ctx.kind == "cpu" else target.threads
+    delay = max(0, min(target.max_queue_delay_us, ctx.delay_cap_us))
+    if current.max_queue_delay_us and delay > current.max_queue_delay_us * g.max_delay_factor:
+        delay = int(current.max_queue_delay_us * g.max_delay_factor)
+    variant = target.variant
+    info = ctx.variants.get(variant)
+    if info is None or info.top1 < ctx.objective.accuracy_floor:
+        variant = current.variant  # the floor is a hard limit, whatever a policy says
+    sizes = tuple(b for b in target.preferred_batch_sizes if b <= ctx.max_batch_size)
+    return replace(
+        target,
+        instances=instances,
+        threads=threads,
+        max_queue_delay_us=delay,
+        variant=variant,
+        preferred_batch_sizes=sizes,
+    )
+
+
+# -- the controller ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Pending:
+    before: ServingConfig
+    after: ServingConfig
+    rule: str
+    applied_s: float
+    before_window: Window
+    windows: int = 0
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    guards: GuardConfig = field(default_factory=GuardConfig)
+    verify_windows: int = 2  # windows after the cool-down over which an action is judged
+    tabu_s: float = 120.0  # a rolled-back config is not proposed again for this long
+    regression_tolerance: float = 0.10
+
+
+@dataclass(frozen=True)
+class ControllerState:
+    guard: GuardState = field(default_factory=GuardState)
+    pending: Pending | None = None
+    last_good: ServingConfig | None = None
+    tabu: tuple[tuple[ServingConfig, float], ...] = ()
+    actions: int = 0
+    rollbacks: int = 0
+    restarts: int = 0
+
+
+def step(
+    w: Window,
+    current: ServingConfig,
+    state: ControllerState,
+    ctx: Context,
+    policy: Policy,
+    cfg: ControllerConfig,
+    now_s: float,
+) -> tuple[Decision, ControllerState]:
+    """One controller tick. The caller applies ``decision.config`` when ``decision.changes`` and then reports the
+    outcome with :func:`applied` or :func:`apply_failed`."""
+    if state.last_good is None:
+        state = replace(state, last_good=current)
+    if w.restarted or w.model_missing:
+        target = state.last_good or current
+        why = "counters went backwards: Triton restarted" if w.restarted else "the model is not loaded"
+        return (
+            Decision("reapply", "triton-restarted", f"{why}; re-applying the last good config", target),
+            replace(state, pending=None, restarts=state.restarts + 1, guard=GuardState(last_action_s=now_s)),
+        )
+
+    if state.pending is not None:
+        p = state.pending
+        if now_s - p.applied_s < cfg.guards.cooldown_s:
+            return Decision("hold", "verifying", f"{p.rule} applied {now_s - p.applied_s:.1f} s ago"), state
+        p = replace(p, windows=p.windows + 1)
+        outcome = judge(p.before_window, w, p, ctx, cfg)
+        if outcome == "regressed":
+            tabu = (*[(c, until) for c, until in state.tabu if until > now_s], (p.after, now_s + cfg.tabu_s))
+            verdict = {
+                "rule": p.rule,
+                "outcome": "regressed",
+                "before": p.before_window.summary(),
+                "after": w.summary(),
+            }
+            return (
+                Decision(
+                    "rollback",
+                    "rollback",
+                    f"{p.rule} made things worse; back to the last good config",
+                    p.before,
+                    verdict,
+                ),
+                replace(
+                    state, pending=None, tabu=tabu, rollbacks=state.rollbacks + 1, guard=GuardState(last_action_s=now_s)
+                ),
+            )
+        if outcome == "improved" or p.windows >= cfg.verify_windows:
+            verdict = {"rule": p.rule, "outcome": "kept", "before": p.before_window.summary(), "after": w.summary()}
+            state = replace(state, pending=None, last_good=current)
+            decision, state = _propose(w, current, state, ctx, policy, cfg, now_s)
+            return replace(decision, verified=verdict), state
+        return Decision("hold", "verifying", f"{p.rule}: window {p.windows}/{cfg.verify_windows}"), replace(
+            state, pending=p
+        )
+
+    return _propose(w, current, state, ctx, policy, cfg, now_s)
+
+
+def _propose(w, current, state, ctx, policy, cfg, now_s):
+    proposal = policy.propose(w, current, ctx)
+    tabu = {c for c, until in state.tabu if until > now_s}
+    if proposal is not None and clamp(proposal.config, current, w, ctx, cfg.guards) in tabu:
+        return Decision("hold", "tabu", f"{proposal.rule} was rolled back recently"), state
+    decision, gstate = guard(proposal, current, w, ctx, cfg.guards, state.guard, now_s)
+    return decision, replace(state, guard=gstate)
+
+
+def judge(before: Window, after: Window, p: Pending, ctx: Context, cfg: ControllerConfig) -> str:
+    """'improved', 'regressed' or 'undecided' for an action, from the windows before and after it."""
+    tol = cfg.regression_tolerance
+    if after.failure_rate > before.failure_rate + 0.01:
+        return "regressed"
+    was_ok, now_ok = slo_met(before, ctx.objective), slo_met(after, ctx.objective)
+    if p.rule in ("restore-variant", "remove-instance"):  # traded capacity for accuracy/resources: SLO must hold
+        if after.avg_latency_ms > ctx.objective.p99_latency_ms * 0.5 or (
+            not now_ok and after.avg_latency_ms > before.avg_latency_ms * (1 + tol)
+        ):
+            return "regressed"
+        return "improved" if now_ok else "undecided"
+    faster = after.avg_latency_ms < before.avg_latency_ms * (1 - tol)
+    more = after.throughput_infer_per_s > before.throughput_infer_per_s * (1 + tol)
+    worse = after.avg_latency_ms > before.avg_latency_ms * (1 + tol) and not more
+    if faster or more or (now_ok and not was_ok):
+        return "improved"
+    if worse:
+        return "regressed"
+    return "undecided"
+
+
+def applied(
+    state: ControllerState, decision: Decision, before: ServingConfig, w: Window, now_s: float
+) -> ControllerState:
+    """Record a successful apply: start verifying it (reapply/rollback need no verification)."""
+    guard_state = GuardState(last_action_s=now_s)
+    if decision.action == "apply":
+        pending = Pending(before=before, after=decision.config, rule=decision.rule, applied_s=now_s, before_window=w)
+        return replace(state, pending=pending, actions=state.actions + 1, guard=guard_state)
+    return replace(
+        state,
+        pending=None,
+        actions=state.actions + 1,
+        guard=guard_state,
+        last_good=decision.config if decision.action in ("rollback", "reapply") else state.last_good,
+    )
+
+
+def apply_failed(state: ControllerState, decision: Decision, now_s: float, cfg: ControllerConfig) -> ControllerState:
+    """Triton refused the load and kept the old config: make the target tabu and carry on."""
+    tabu = (*state.tabu, (decision.config, now_s + cfg.tabu_s)) if decision.config else state.tabu
+    return replace(state, pending=None, tabu=tabu, rollbacks=state.rollbacks + 1, guard=GuardState(last_action_s=now_s))
