@@ -16,6 +16,7 @@ No I/O happens here, so every rule can be tested tick by tick with a fake clock.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -134,7 +135,16 @@ class Thresholds:
 
 
 def utilization(w: Window, config: ServingConfig) -> float:
-    return w.busy_s / max(w.interval_s * config.instances, 1e-9)
+    """Busy share of the instances in the window, 0..1.
+
+    Under a deep backlog the Python backend's compute counters also count time a request waits for the stub, so
+    the estimate can exceed 1; it is capped, and the machine's CPU use (which Triton reports) raises it when the
+    cores are saturated anyway.
+    """
+    busy = min(1.0, w.busy_s / max(w.interval_s * config.instances, 1e-9))
+    if w.cpu_utilization is not None and w.cpu_utilization > 0.95 and w.requests:
+        busy = max(busy, w.cpu_utilization)
+    return busy
 
 
 def slo_met(w: Window, objective: Objective) -> bool:
@@ -169,7 +179,9 @@ def light(w: Window, config: ServingConfig, ctx: Context, t: Thresholds) -> bool
 
 # -- the policy -------------------------------------------------------------------------------------------------
 class Policy(Protocol):
-    def propose(self, w: Window, current: ServingConfig, ctx: Context) -> Proposal | None: ...
+    def propose(
+        self, w: Window, current: ServingConfig, ctx: Context, allowed: Callable[[ServingConfig], bool] = ...
+    ) -> Proposal | None: ...
 
 
 @dataclass(frozen=True)
@@ -178,67 +190,70 @@ class RulePolicy:
     initial_delay_us: int = 500
     preferred_batch_sizes: tuple[int, ...] = (4, 8, 16)
 
-    def propose(self, w: Window, current: ServingConfig, ctx: Context) -> Proposal | None:
+    def propose(
+        self,
+        w: Window,
+        current: ServingConfig,
+        ctx: Context,
+        allowed: Callable[[ServingConfig], bool] = lambda _c: True,
+    ) -> Proposal | None:
+        """The first rung of the ladder that ``allowed`` accepts (the controller refuses tabu configs)."""
         t = self.thresholds
         why = pressure(w, current, ctx, t)
         if why is not None:
-            return self._up(w, current, ctx, why)
-        if light(w, current, ctx, t):
-            return self._down(w, current, ctx)
-        return None
+            candidates = self._up(w, current, ctx, why)
+        elif light(w, current, ctx, t):
+            candidates = self._down(w, current, ctx)
+        else:
+            return None
+        return next((p for p in candidates if allowed(p.config)), None)
 
-    def _up(self, w: Window, c: ServingConfig, ctx: Context, why: str) -> Proposal | None:
+    def _up(self, w: Window, c: ServingConfig, ctx: Context, why: str) -> Iterator[Proposal]:
         util = utilization(w, c)
         if not c.dynamic_batching:
             sizes = tuple(b for b in self.preferred_batch_sizes if b <= ctx.max_batch_size)
-            return Proposal(
-                replace(
-                    c,
-                    dynamic_batching=True,
-                    max_queue_delay_us=min(self.initial_delay_us, ctx.delay_cap_us),
-                    preferred_batch_sizes=sizes,
-                ),
+            delay = min(self.initial_delay_us, ctx.delay_cap_us)
+            yield Proposal(
+                replace(c, dynamic_batching=True, max_queue_delay_us=delay, preferred_batch_sizes=sizes),
                 "up",
                 "enable-dynamic-batching",
                 f"{why}; requests run one by one (batch {w.avg_batch:.1f})",
             )
         if c.instances < max_instances(ctx) and util >= self.thresholds.utilization_over * 0.8:
-            return Proposal(
+            yield Proposal(
                 replace(c, instances=c.instances + 1), "up", "add-instance", f"{why}; instances {util:.0%} busy"
             )
-        if c.max_queue_delay_us < ctx.delay_cap_us and w.avg_queue_ms * 1000 < ctx.delay_cap_us:
-            return Proposal(
-                replace(
-                    c, max_queue_delay_us=min(max(c.max_queue_delay_us * 2, self.initial_delay_us), ctx.delay_cap_us)
-                ),
+        # A longer delay only helps while executed batches stay small; a long queue fills them anyway.
+        target_batch = max(c.preferred_batch_sizes or (ctx.max_batch_size,))
+        if c.dynamic_batching and c.max_queue_delay_us < ctx.delay_cap_us and w.avg_batch < 0.75 * target_batch:
+            delay = min(max(c.max_queue_delay_us * 2, self.initial_delay_us), ctx.delay_cap_us)
+            yield Proposal(
+                replace(c, max_queue_delay_us=delay),
                 "up",
                 "lengthen-queue-delay",
                 f"{why}; batch {w.avg_batch:.1f}, larger batches amortize",
             )
         faster = [v for v in ctx.allowed_variants() if v.latency_ms_b32 < _cost(ctx, c.variant) * 0.95]
-        if faster:
-            target = max(faster, key=lambda v: (v.top1, -v.latency_ms_b32))  # most accurate of the faster ones
-            return Proposal(
+        for target in sorted(faster, key=lambda v: (-v.top1, v.latency_ms_b32)):  # most accurate first
+            yield Proposal(
                 replace(c, variant=target.name),
                 "up",
                 "faster-variant",
                 f"{why}; {c.variant} → {target.name} (top-1 {target.top1:.4f} ≥ floor "
                 f"{ctx.objective.accuracy_floor:.4f})",
             )
-        return None
 
-    def _down(self, w: Window, c: ServingConfig, ctx: Context) -> Proposal | None:
+    def _down(self, w: Window, c: ServingConfig, ctx: Context) -> Iterator[Proposal]:
         util = utilization(w, c)
-        best = ctx.most_accurate()
-        if c.variant != best.name and c.variant in ctx.variants:
+        if c.variant in ctx.variants:
             more = sorted(
                 (v for v in ctx.allowed_variants() if v.top1 > ctx.variants[c.variant].top1),
                 key=lambda v: v.latency_ms_b32,
             )
-            for v in more:  # the cheapest variant that is more accurate and predicted to fit
+            for v in more:  # the cheapest more accurate variant predicted to fit comes first
                 predicted = util * v.latency_ms_b32 / _cost(ctx, c.variant)
                 if predicted < self.thresholds.restore_target_utilization:
-                    return Proposal(
+                    yield Proposal(
                         replace(c, variant=v.name),
                         "down",
                         "restore-variant",
@@ -248,10 +263,9 @@ class RulePolicy:
             c.instances > ctx.min_instances
             and util * c.instances / (c.instances - 1) < self.thresholds.utilization_light
         ):
-            return Proposal(
+            yield Proposal(
                 replace(c, instances=c.instances - 1), "down", "remove-instance", f"light load ({util:.0%} busy)"
             )
-        return None
 
 
 def _cost(ctx: Context, variant: str) -> float:
@@ -348,12 +362,14 @@ class Pending:
     applied_s: float
     before_window: Window
     windows: int = 0
+    better: int = 0
+    worse: int = 0
 
 
 @dataclass(frozen=True)
 class ControllerConfig:
     guards: GuardConfig = field(default_factory=GuardConfig)
-    verify_windows: int = 2  # windows after the cool-down over which an action is judged
+    verify_windows: int = 3  # windows after the cool-down over which an action is judged
     tabu_s: float = 120.0  # a rolled-back config is not proposed again for this long
     regression_tolerance: float = 0.10
 
@@ -394,69 +410,92 @@ def step(
         p = state.pending
         if now_s - p.applied_s < cfg.guards.cooldown_s:
             return Decision("hold", "verifying", f"{p.rule} applied {now_s - p.applied_s:.1f} s ago"), state
-        p = replace(p, windows=p.windows + 1)
-        outcome = judge(p.before_window, w, p, ctx, cfg)
-        if outcome == "regressed":
+        verdict_now = judge(p.before_window, w, p, ctx, cfg)
+        p = replace(
+            p,
+            windows=p.windows + 1,
+            better=p.better + (verdict_now == "better"),
+            worse=p.worse + (verdict_now == "worse"),
+        )
+        if p.windows < cfg.verify_windows and not (p.rule in DOWN_RULES and verdict_now == "worse"):
+            return Decision(
+                "hold", "verifying", f"{p.rule}: window {p.windows}/{cfg.verify_windows} {verdict_now}"
+            ), replace(state, pending=p)
+        # A capacity-adding action must show an improvement; one that gives capacity back must not hurt.
+        kept = p.worse == 0 if p.rule in DOWN_RULES else p.better > p.worse
+        summary = {
+            "rule": p.rule,
+            "windows": p.windows,
+            "better": p.better,
+            "worse": p.worse,
+            "before": p.before_window.summary(),
+            "after": w.summary(),
+        }
+        if not kept:
             tabu = (*[(c, until) for c, until in state.tabu if until > now_s], (p.after, now_s + cfg.tabu_s))
-            verdict = {
-                "rule": p.rule,
-                "outcome": "regressed",
-                "before": p.before_window.summary(),
-                "after": w.summary(),
-            }
             return (
                 Decision(
                     "rollback",
                     "rollback",
-                    f"{p.rule} made things worse; back to the last good config",
+                    f"{p.rule} did not improve the objective "
+                    f"({p.better} better, {p.worse} worse of {p.windows} windows); back to the last good config",
                     p.before,
-                    verdict,
+                    {**summary, "outcome": "rolled-back"},
                 ),
                 replace(
                     state, pending=None, tabu=tabu, rollbacks=state.rollbacks + 1, guard=GuardState(last_action_s=now_s)
                 ),
             )
-        if outcome == "improved" or p.windows >= cfg.verify_windows:
-            verdict = {"rule": p.rule, "outcome": "kept", "before": p.before_window.summary(), "after": w.summary()}
-            state = replace(state, pending=None, last_good=current)
-            decision, state = _propose(w, current, state, ctx, policy, cfg, now_s)
-            return replace(decision, verified=verdict), state
-        return Decision("hold", "verifying", f"{p.rule}: window {p.windows}/{cfg.verify_windows}"), replace(
-            state, pending=p
-        )
+        state = replace(state, pending=None, last_good=current)
+        decision, state = _propose(w, current, state, ctx, policy, cfg, now_s)
+        return replace(decision, verified={**summary, "outcome": "kept"}), state
 
     return _propose(w, current, state, ctx, policy, cfg, now_s)
 
 
 def _propose(w, current, state, ctx, policy, cfg, now_s):
-    proposal = policy.propose(w, current, ctx)
     tabu = {c for c, until in state.tabu if until > now_s}
-    if proposal is not None and clamp(proposal.config, current, w, ctx, cfg.guards) in tabu:
-        return Decision("hold", "tabu", f"{proposal.rule} was rolled back recently"), state
+
+    def allowed(target: ServingConfig) -> bool:
+        clamped = clamp(target, current, w, ctx, cfg.guards)
+        return clamped != current and clamped not in tabu
+
+    proposal = policy.propose(w, current, ctx, allowed)
     decision, gstate = guard(proposal, current, w, ctx, cfg.guards, state.guard, now_s)
     return decision, replace(state, guard=gstate)
 
 
+DOWN_RULES = ("restore-variant", "remove-instance")
+
+
 def judge(before: Window, after: Window, p: Pending, ctx: Context, cfg: ControllerConfig) -> str:
-    """'improved', 'regressed' or 'undecided' for an action, from the windows before and after it."""
+    """'better', 'worse' or 'same' for one window after an action, against the window that triggered it.
+
+    Under a backlog, latency measures the backlog, not the config: the service rate and whether the backlog
+    drains are the evidence. Without one, latency is.
+    """
     tol = cfg.regression_tolerance
     if after.failure_rate > before.failure_rate + 0.01:
-        return "regressed"
-    was_ok, now_ok = slo_met(before, ctx.objective), slo_met(after, ctx.objective)
-    if p.rule in ("restore-variant", "remove-instance"):  # traded capacity for accuracy/resources: SLO must hold
-        if after.avg_latency_ms > ctx.objective.p99_latency_ms * 0.5 or (
-            not now_ok and after.avg_latency_ms > before.avg_latency_ms * (1 + tol)
-        ):
-            return "regressed"
-        return "improved" if now_ok else "undecided"
+        return "worse"
+    if p.rule in DOWN_RULES:  # gave capacity back: the SLO must still hold with room to spare
+        over = after.avg_latency_ms > ctx.objective.p99_latency_ms * 0.5
+        backlog = after.pending_requests > 4 * max(p.after.instances, 1)
+        return "worse" if over or backlog else "same"
+    more = after.throughput_infer_per_s > before.throughput_infer_per_s * (1 + tol / 2)
+    less = after.throughput_infer_per_s < before.throughput_infer_per_s * (1 - tol)
+    draining = before.pending_requests > 0 and after.pending_requests < before.pending_requests * 0.8
     faster = after.avg_latency_ms < before.avg_latency_ms * (1 - tol)
-    more = after.throughput_infer_per_s > before.throughput_infer_per_s * (1 + tol)
-    worse = after.avg_latency_ms > before.avg_latency_ms * (1 + tol) and not more
-    if faster or more or (now_ok and not was_ok):
-        return "improved"
-    if worse:
-        return "regressed"
-    return "undecided"
+    slower = after.avg_latency_ms > before.avg_latency_ms * (1 + tol)
+    if (
+        more
+        or draining
+        or (faster and not less)
+        or (slo_met(after, ctx.objective) and not slo_met(before, ctx.objective))
+    ):
+        return "better"
+    if less or (slower and not more):
+        return "worse"
+    return "same"
 
 
 def applied(
@@ -477,6 +516,8 @@ def applied(
 
 
 def apply_failed(state: ControllerState, decision: Decision, now_s: float, cfg: ControllerConfig) -> ControllerState:
-    """Triton refused the load and kept the old config: make the target tabu and carry on."""
-    tabu = (*state.tabu, (decision.config, now_s + cfg.tabu_s)) if decision.config else state.tabu
+    """Triton refused the load and kept the old config: make a new target tabu and carry on. A failed re-apply or
+    rollback targets a known good config: it is retried, not banned."""
+    banned = decision.action == "apply" and decision.config is not None
+    tabu = (*state.tabu, (decision.config, now_s + cfg.tabu_s)) if banned else state.tabu
     return replace(state, pending=None, tabu=tabu, rollbacks=state.rollbacks + 1, guard=GuardState(last_action_s=now_s))

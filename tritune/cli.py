@@ -15,12 +15,13 @@ from pathlib import Path
 from tritune import __version__, settings
 from tritune.errors import TrituneError
 
-# name: (help, module with add_arguments(parser) and run(args)); modules import lazily, so `--help` stays fast.
+# name: (help, module with add_arguments(parser) and run(args)).
 _COMMANDS: dict[str, tuple[str, str]] = {
     "build": (
         "train, prune, distil, quantize and export the CNN variants into a Triton model repository",
         "builders.cli",
     ),
+    "orchestrate": ("retune batching, instances and the served variant live against a p99 SLO", "orchestrator.cli"),
     "serve": (
         "run a local Triton on the model repository (127.0.0.1, admin API restricted by a key)",
         "tritune.serve_cli",

@@ -47,7 +47,11 @@ def _classify(exc: InferenceServerException, model: str, url: str) -> Exception:
 
 
 class InferenceClient:
-    """``InferenceClient("127.0.0.1:8000")`` (HTTP) or ``InferenceClient("127.0.0.1:8001", "grpc")``."""
+    """``InferenceClient("127.0.0.1:8000")`` (HTTP) or ``InferenceClient("127.0.0.1:8001", "grpc")``.
+
+    An HTTP client (gevent underneath) must be used only by the thread that created it; a gRPC client may be
+    shared between threads.
+    """
 
     def __init__(
         self,
@@ -99,10 +103,11 @@ class InferenceClient:
         except InferenceServerException as exc:
             raise _classify(exc, model, self.url) from None
         except (ConnectionError, OSError) as exc:
-            raise ServerUnavailableError(
-                f"Triton at {self.url} is unreachable ({exc}); is `tritune serve` running?"
-            ) from None
+            raise self._unreachable(exc) from None
         return result.as_numpy(output_name)
+
+    def _unreachable(self, exc: BaseException) -> ServerUnavailableError:
+        return ServerUnavailableError(f"Triton at {self.url} is unreachable ({exc}); is `tritune serve` running?")
 
     def predict(self, model: str, images: np.ndarray) -> np.ndarray:
         return self.infer(model, images).argmax(axis=1)
@@ -121,6 +126,8 @@ class InferenceClient:
             return ModelConfig.from_dict(self._client.get_model_config(model, as_json=True))
         except InferenceServerException as exc:
             raise _classify(exc, model, self.url) from None
+        except (ConnectionError, OSError) as exc:
+            raise self._unreachable(exc) from None
 
     def model_stats(self, model: str) -> dict[str, Any]:
         kwargs = {} if self.protocol == "http" else {"as_json": True}
@@ -128,6 +135,8 @@ class InferenceClient:
             return self._client.get_inference_statistics(model, **kwargs)
         except InferenceServerException as exc:
             raise _classify(exc, model, self.url) from None
+        except (ConnectionError, OSError) as exc:
+            raise self._unreachable(exc) from None
 
     # -- admin (model-repository API, restricted by key) -----------------------------------------------------------
     def _admin_headers(self) -> dict[str, str]:
@@ -155,12 +164,16 @@ class InferenceClient:
             )
         except InferenceServerException as exc:
             raise self._admin_error("load", model, exc) from None
+        except (ConnectionError, OSError) as exc:
+            raise self._unreachable(exc) from None
 
     def unload(self, model: str) -> None:
         try:
             self._client.unload_model(model, headers=self._admin_headers())
         except InferenceServerException as exc:
             raise self._admin_error("unload", model, exc) from None
+        except (ConnectionError, OSError) as exc:
+            raise self._unreachable(exc) from None
 
     def switch_variant(self, public_model: str, variant: str) -> ModelConfig:
         """Serve ``variant`` (e.g. ``int8``) under ``public_model``: a config-only reload that changes the version

@@ -1,0 +1,127 @@
+"""``tritune orchestrate``: keep a live Triton within a p99 SLO, above an accuracy floor."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from pathlib import Path
+
+from builders.repository import read_manifest
+from orchestrator.apply import Applier
+from orchestrator.loop import LoopOptions, Orchestrator
+from orchestrator.policy import Context, ControllerConfig, GuardConfig, Objective, VariantInfo
+from tritune.client import InferenceClient, variant_versions
+from tritune.errors import ConfigError
+from tritune.server import admin_key
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("objective")
+    g.add_argument("--slo-p99-ms", type=float, default=50.0, help="p99 latency SLO in ms (default: %(default)s)")
+    g.add_argument(
+        "--accuracy-floor",
+        type=float,
+        default=0.0,
+        help="lowest held-out top-1 (0..1) a served variant may have (default: %(default)s)",
+    )
+    g = p.add_argument_group("Triton")
+    g.add_argument("--model", default="cnn", help="the public model to tune (default: %(default)s)")
+    g.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC endpoint (default: %(default)s)")
+    g.add_argument("--metrics-url", default="http://127.0.0.1:8002/metrics", help="(default: %(default)s)")
+    g.add_argument(
+        "--repository",
+        type=Path,
+        default=Path("model_repository"),
+        help="for the manifest's accuracy and cost of each variant (default: %(default)s)",
+    )
+    g.add_argument(
+        "--admin-key-file",
+        type=Path,
+        default=Path(".cache/tritune/admin.key"),
+        help="admin key file, unless TRITUNE_ADMIN_KEY is set",
+    )
+    g = p.add_argument_group("loop")
+    g.add_argument("--interval-s", type=float, default=2.0, help="scrape and decide every (default: %(default)s)")
+    g.add_argument("--duration-s", type=float, default=0.0, help="stop after this long; 0 runs until Ctrl-C")
+    g.add_argument("--decision-log", type=Path, default=Path("runs/decisions.jsonl"), help="(default: %(default)s)")
+    g.add_argument("--metrics-port", type=int, default=9100, help="own /metrics on 127.0.0.1; 0 = off")
+    g = p.add_argument_group("guard rails")
+    g.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="CPU cores Triton may use")
+    g.add_argument("--max-instances", type=int, default=4, help="(default: %(default)s)")
+    g.add_argument("--upscale-delay-s", type=float, default=4.0, help="(default: %(default)s)")
+    g.add_argument("--downscale-delay-s", type=float, default=20.0, help="(default: %(default)s)")
+    g.add_argument("--cooldown-s", type=float, default=6.0, help="(default: %(default)s)")
+
+
+def context_from_manifest(
+    repository: Path,
+    public_versions: dict[str, int],
+    objective: Objective,
+    cores: int,
+    max_instances: int,
+    max_batch_size: int,
+) -> Context:
+    manifest = read_manifest(repository)
+    variants = {
+        name: VariantInfo(name, v["model_name"], float(v["top1"]), float(v["latency_ms"]["batch_32"]))
+        for name, v in manifest["variants"].items()
+        if name in public_versions
+    }
+    if not variants:
+        raise ConfigError(f"the manifest in {repository} lists none of the public model's variants; rebuild")
+    return Context(
+        objective=objective, variants=variants, cores=cores, max_instances=max_instances, max_batch_size=max_batch_size
+    )
+
+
+def validate(args: argparse.Namespace) -> None:
+    if args.interval_s <= 0:
+        raise ConfigError(f"--interval-s must be > 0, got {args.interval_s}")
+    if args.cores < 1 or args.max_instances < 1:
+        raise ConfigError("--cores and --max-instances must be at least 1")
+    for name in ("upscale_delay_s", "downscale_delay_s", "cooldown_s", "duration_s"):
+        if getattr(args, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+
+
+def build(args: argparse.Namespace) -> Orchestrator:
+    validate(args)
+    objective = Objective(args.slo_p99_ms, args.accuracy_floor)
+    client = InferenceClient(args.url, "grpc", timeout_s=120, admin_key=admin_key(args.admin_key_file))
+    config = client.model_config(args.model)
+    ctx = context_from_manifest(
+        args.repository, variant_versions(config), objective, args.cores, args.max_instances, config.max_batch_size
+    )
+    guards = GuardConfig(
+        upscale_delay_s=args.upscale_delay_s, downscale_delay_s=args.downscale_delay_s, cooldown_s=args.cooldown_s
+    )
+    options = LoopOptions(
+        model=args.model,
+        metrics_url=args.metrics_url,
+        interval_s=args.interval_s,
+        decision_log=args.decision_log,
+        metrics_port=args.metrics_port,
+        controller=ControllerConfig(guards=guards),
+    )
+    return Orchestrator(Applier(client, args.model), ctx, options)
+
+
+def run(args: argparse.Namespace) -> int:
+    orch = build(args)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: orch.stop())
+    print(
+        f"orchestrating {args.model} at {args.url}: p99 ≤ {args.slo_p99_ms:g} ms, top-1 ≥ {args.accuracy_floor}; "
+        f"decisions → {args.decision_log}"
+        + (f", metrics on 127.0.0.1:{args.metrics_port}" if args.metrics_port else ""),
+        flush=True,
+    )
+    orch.run(args.duration_s or None)
+    s = orch.state
+    print(
+        f"stopped: {s.actions} actions, {s.rollbacks} rollbacks, {s.restarts} restarts; "
+        f"serving {orch.current.describe() if orch.current else '?'}",
+        flush=True,
+    )
+    return 0

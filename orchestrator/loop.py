@@ -1,0 +1,257 @@
+"""The live loop: scrape → window → controller step → apply → decision log and own metrics.
+
+All decisions are made by :func:`orchestrator.policy.step` (pure); this module only does I/O. Triton unreachable:
+back off and keep state. Triton restarted: the window says so and the controller re-applies the last good config.
+A rejected load: recorded, the target made tabu, the old config keeps serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from orchestrator.apply import Applier
+from orchestrator.metrics import Snapshot, Window, parse_metrics, window
+from orchestrator.policy import (
+    Context,
+    ControllerConfig,
+    ControllerState,
+    Decision,
+    Policy,
+    RulePolicy,
+    ServingConfig,
+    applied,
+    apply_failed,
+    slo_met,
+    step,
+)
+from tritune.errors import ServerUnavailableError, TrituneError
+
+
+def scrape(url: str, timeout_s: float = 5.0) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - our own Triton
+            return resp.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        raise ServerUnavailableError(f"cannot scrape {url} ({exc}); is Triton running?") from exc
+
+
+class OrchestratorMetrics:
+    """The orchestrator's own Prometheus metrics."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        r = self.registry = registry or CollectorRegistry()
+        self.instances = Gauge("tritune_config_instances", "Instances of the public model", registry=r)
+        self.threads = Gauge(
+            "tritune_config_threads_per_instance", "ORT intra-op threads per instance (0=auto)", registry=r
+        )
+        self.batching = Gauge("tritune_config_dynamic_batching", "1 when dynamic batching is on", registry=r)
+        self.delay = Gauge("tritune_config_max_queue_delay_us", "Dynamic batching max queue delay", registry=r)
+        self.variant = Gauge("tritune_config_variant", "1 for the variant that serves", ["variant"], registry=r)
+        self.accuracy = Gauge("tritune_served_top1", "Held-out top-1 of the variant that serves", registry=r)
+        self.actions = Counter("tritune_actions", "Configs applied", ["rule"], registry=r)
+        self.rollbacks = Counter("tritune_rollbacks", "Actions rolled back or refused", registry=r)
+        self.apply_failures = Counter("tritune_apply_failures", "Loads Triton refused", registry=r)
+        self.restarts = Counter("tritune_triton_restarts", "Triton restarts detected", registry=r)
+        self.scrape_failures = Counter("tritune_scrape_failures", "Failed scrapes of Triton's metrics", registry=r)
+        self.windows = Counter("tritune_windows", "Windows observed with traffic", registry=r)
+        self.windows_ok = Counter("tritune_windows_slo_met", "Windows with traffic that met the SLO", registry=r)
+        self.slo = Gauge("tritune_slo_p99_latency_ms", "The p99 latency SLO", registry=r)
+        self.p99 = Gauge("tritune_window_p99_latency_ms", "Triton's p99 request latency (summary)", registry=r)
+        self.mean = Gauge("tritune_window_avg_latency_ms", "Mean request latency in the last window", registry=r)
+        self.throughput = Gauge("tritune_window_throughput_infer_per_s", "Images per second", registry=r)
+        self.attainment = Gauge(
+            "tritune_slo_attainment_ratio", "Share of windows with traffic meeting the SLO", registry=r
+        )
+
+    def show_config(self, c: ServingConfig, ctx: Context) -> None:
+        self.instances.set(c.instances)
+        self.threads.set(c.threads)
+        self.batching.set(1 if c.dynamic_batching else 0)
+        self.delay.set(c.max_queue_delay_us)
+        for name in ctx.variants:
+            self.variant.labels(variant=name).set(1 if name == c.variant else 0)
+        if c.variant in ctx.variants:
+            self.accuracy.set(ctx.variants[c.variant].top1)
+
+
+@dataclass
+class LoopOptions:
+    model: str = "cnn"
+    metrics_url: str = "http://127.0.0.1:8002/metrics"
+    interval_s: float = 2.0
+    max_backoff_s: float = 30.0
+    decision_log: Path | None = None
+    metrics_port: int = 0  # 0: do not serve the orchestrator's own metrics
+    metrics_host: str = "127.0.0.1"
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        applier: Applier,
+        ctx: Context,
+        options: LoopOptions,
+        policy: Policy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        metrics: OrchestratorMetrics | None = None,
+    ):
+        self.applier, self.ctx, self.options = applier, ctx, options
+        self.policy = policy or RulePolicy()
+        self.clock = clock
+        self.metrics = metrics or OrchestratorMetrics()
+        self.metrics.slo.set(ctx.objective.p99_latency_ms)
+        self.state = ControllerState()
+        self.current: ServingConfig | None = None
+        self.prev: Snapshot | None = None
+        self.backoff_s = 0.0
+        self.history: list[dict[str, Any]] = []  # every logged record, also kept in memory for callers
+        self._seq = 0
+        self._suspect_restart = False
+        self._stop = threading.Event()
+        if options.metrics_port:
+            start_http_server(options.metrics_port, addr=options.metrics_host, registry=self.metrics.registry)
+
+    # -- logging ---------------------------------------------------------------------------------------------------
+    def log(self, event: str, **fields: Any) -> dict[str, Any]:
+        self._seq += 1
+        record = {
+            "seq": self._seq,
+            "time_utc": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "t_s": round(self.clock(), 3),
+            "event": event,
+            **fields,
+        }
+        self.history.append(record)
+        if self.options.decision_log:
+            path = Path(self.options.decision_log)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as fh:
+                fh.write(json.dumps(record, default=str) + "\n")
+        return record
+
+    # -- one tick --------------------------------------------------------------------------------------------------
+    def tick(self) -> Decision | None:
+        """Scrape once and act on the window since the previous scrape; None when there is no window yet."""
+        now = self.clock()
+        try:
+            snap = parse_metrics(scrape(self.options.metrics_url), now)
+            if self.current is None:
+                self.current = self.applier.current()[1]
+                self.metrics.show_config(self.current, self.ctx)
+                self.log(
+                    "start",
+                    config=self.current.describe(),
+                    slo_p99_ms=self.ctx.objective.p99_latency_ms,
+                    accuracy_floor=self.ctx.objective.accuracy_floor,
+                )
+        except TrituneError as exc:
+            self.metrics.scrape_failures.inc()
+            self.backoff_s = min(max(self.backoff_s * 2, self.options.interval_s), self.options.max_backoff_s)
+            self.log("triton-unreachable", error=str(exc), retry_in_s=self.backoff_s)
+            return None
+        if self.backoff_s:
+            self.log("triton-reachable-again")
+            self.backoff_s = 0.0
+            self._suspect_restart = True
+        prev, self.prev = self.prev, snap
+        if prev is None:
+            return None
+        w = window(prev, snap, self.options.model)
+        if w.model_missing or w.restarted:
+            self._suspect_restart = True
+        elif self._suspect_restart:
+            # Counters need not go backwards across a restart (a scrape during shutdown may miss the model):
+            # what Triton serves now is the proof.
+            try:
+                live = self.applier.current()[1]
+            except TrituneError:
+                w = replace(w, model_missing=True)
+            else:
+                if live != self.current:
+                    w = replace(w, restarted=True)
+                else:
+                    self._suspect_restart = False
+        self._observe(w)
+        decision, self.state = step(w, self.current, self.state, self.ctx, self.policy, self.options.controller, now)
+        if decision.verified:
+            self.log("verified", **decision.verified)
+        if decision.changes:
+            self._act(decision, w, now)
+        return decision
+
+    def _observe(self, w: Window) -> None:
+        if w.requests:
+            self.metrics.windows.inc()
+            if slo_met(w, self.ctx.objective):
+                self.metrics.windows_ok.inc()
+            total = self.metrics.windows._value.get()
+            self.metrics.attainment.set(self.metrics.windows_ok._value.get() / total if total else 1.0)
+        if w.p99_latency_ms is not None:
+            self.metrics.p99.set(w.p99_latency_ms)
+        self.metrics.mean.set(w.avg_latency_ms)
+        self.metrics.throughput.set(w.throughput_infer_per_s)
+        if w.restarted:
+            self.metrics.restarts.inc()
+
+    def _act(self, decision: Decision, w: Window, now: float) -> None:
+        before = self.current
+        result = self.applier.apply(decision.config)
+        record = {
+            "action": decision.action,
+            "rule": decision.rule,
+            "reason": decision.reason,
+            "before": before.describe(),
+            "after": decision.config.describe(),
+            "window": w.summary(),
+            "apply_s": round(result.seconds, 3),
+        }
+        if result.ok:
+            self.current = decision.config
+            if decision.action == "reapply":
+                self._suspect_restart = False
+            self.state = applied(self.state, decision, before, w, self.clock())
+            self.metrics.actions.labels(rule=decision.rule).inc()
+            if decision.action == "rollback":
+                self.metrics.rollbacks.inc()
+            self.metrics.show_config(self.current, self.ctx)
+            self.log("action", **record)
+        else:
+            self.state = apply_failed(self.state, decision, self.clock(), self.options.controller)
+            self.metrics.apply_failures.inc()
+            self.metrics.rollbacks.inc()
+            self.log("apply-failed", error=result.error, **record)
+            # Triton keeps serving the old copy after a failed load; re-read what it serves to stay in sync.
+            with contextlib.suppress(TrituneError):
+                self.current = self.applier.current()[1]
+
+    # -- run ---------------------------------------------------------------------------------------------------------
+    def run(self, duration_s: float | None = None) -> None:
+        end = None if not duration_s else self.clock() + duration_s
+        while not self._stop.is_set() and (end is None or self.clock() < end):
+            started = self.clock()
+            self.tick()
+            wait = self.backoff_s or self.options.interval_s
+            self._stop.wait(max(0.0, wait - (self.clock() - started)))
+        self.log(
+            "stop",
+            actions=self.state.actions,
+            rollbacks=self.state.rollbacks,
+            restarts=self.state.restarts,
+            config=self.current.describe() if self.current else None,
+        )
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,55 @@
+"""Window statistics from recorded Triton /metrics text (two scrapes 3 s apart under load)."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from orchestrator.metrics import parse_metrics, window
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+@pytest.fixture(scope="module")
+def snaps():
+    a = parse_metrics((DATA / "triton_metrics_1.txt").read_text(), 100.0)
+    b = parse_metrics((DATA / "triton_metrics_2.txt").read_text(), 103.0)
+    return a, b
+
+
+def test_parse_reads_counters_gauges_and_quantiles(snaps):
+    _, b = snaps
+    m = b.models["cnn"]
+    assert m.success == 1815 and m.inferences == 3630 and m.executions == 1815
+    assert m.pending == 2 and m.failure == 0
+    assert set(m.request_quantiles_us) >= {0.5, 0.9, 0.99}
+    assert m.request_quantiles_us[0.99] == 9148
+    assert 0 <= b.cpu_utilization <= 1 and b.cpu_memory_used_bytes > 0
+    assert b.gpu_utilization == {}
+
+
+def test_window_from_counter_deltas(snaps):
+    a, b = snaps
+    w = window(a, b, "cnn")
+    ma, mb = a.models["cnn"], b.models["cnn"]
+    n = mb.success - ma.success
+    assert w.requests == n and w.interval_s == pytest.approx(3.0)
+    assert w.throughput_infer_per_s == pytest.approx((mb.inferences - ma.inferences) / 3.0)
+    assert w.request_rate_per_s == pytest.approx(n / 3.0)
+    assert w.avg_batch == pytest.approx(2.0)  # clients sent batches of 2, no dynamic batching
+    assert w.avg_latency_ms == pytest.approx((mb.request_us - ma.request_us) / n / 1000)
+    assert w.avg_queue_ms == pytest.approx((mb.queue_us - ma.queue_us) / n / 1000)
+    assert 0 < w.avg_compute_ms < w.avg_latency_ms
+    assert w.p99_latency_ms == pytest.approx(9.148)
+    assert 0 < w.busy_s <= 3.0 and w.failure_rate == 0.0 and not w.restarted
+
+
+def test_counters_going_backwards_mean_a_restart(snaps):
+    a, b = snaps
+    w = window(b, replace(a, time_s=110.0), "cnn")
+    assert w.restarted and w.requests == 0
+
+
+def test_unknown_model_is_flagged_missing(snaps):
+    a, b = snaps
+    assert window(a, b, "not_loaded").model_missing

@@ -1,0 +1,271 @@
+"""The controller tick by tick with a fake clock: scale up, scale down, no flapping, rollback, variant degrade and
+restore above the accuracy floor, restart recovery."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import pytest
+
+from orchestrator.metrics import Window
+from orchestrator.policy import (
+    Context,
+    ControllerConfig,
+    ControllerState,
+    GuardConfig,
+    Objective,
+    Proposal,
+    RulePolicy,
+    ServingConfig,
+    VariantInfo,
+    applied,
+    apply_failed,
+    clamp,
+    step,
+)
+from tritune.errors import ConfigError
+
+SLO = 50.0
+VARIANTS = {
+    "fp32": VariantInfo("fp32", "cnn_fp32", 0.978, 28.0),
+    "fp16": VariantInfo("fp16", "cnn_fp16", 0.978, 29.0),
+    "int8": VariantInfo("int8", "cnn_int8", 0.975, 15.5),
+    "pruned": VariantInfo("pruned", "cnn_pruned", 0.970, 7.2),
+    "distilled": VariantInfo("distilled", "cnn_distilled", 0.960, 7.1),
+}
+CFG = ControllerConfig(guards=GuardConfig(upscale_delay_s=4, downscale_delay_s=20, cooldown_s=6), verify_windows=2)
+DEFAULT = ServingConfig("fp32")
+
+
+def ctx(floor: float = 0.97, **kw) -> Context:
+    return Context(objective=Objective(SLO, floor), variants=VARIANTS, cores=2, **kw)
+
+
+def win(
+    t: float,
+    latency_ms: float = 5.0,
+    util: float = 0.3,
+    rate: float = 100.0,
+    instances: int = 1,
+    failures: float = 0,
+    p99: float | None = None,
+    dt: float = 2.0,
+    **kw,
+) -> Window:
+    return Window(
+        start_s=t - dt,
+        end_s=t,
+        requests=rate * dt,
+        failures=failures,
+        throughput_infer_per_s=rate,
+        request_rate_per_s=rate,
+        avg_batch=1.0,
+        avg_latency_ms=latency_ms,
+        avg_queue_ms=latency_ms * 0.6,
+        avg_compute_ms=latency_ms * 0.4,
+        busy_s=util * dt * instances,
+        p99_latency_ms=p99 if p99 is not None else latency_ms * 2,
+        **kw,
+    )
+
+
+class Sim:
+    """Feeds windows to the controller every 2 s and applies what it decides (a fake Triton that always loads)."""
+
+    def __init__(self, context: Context, config: ServingConfig = DEFAULT):
+        self.ctx, self.config, self.state, self.t = context, config, ControllerState(), 0.0
+        self.policy = RulePolicy()
+        self.log: list[tuple[float, str, str]] = []
+        self.configs: list[ServingConfig] = []
+
+    def tick(self, w_factory, **kw):
+        self.t += 2.0
+        if getattr(w_factory, "needs_config", False):
+            kw["config"] = self.config
+        w = w_factory(self.t, instances=self.config.instances, **kw)
+        decision, self.state = step(w, self.config, self.state, self.ctx, self.policy, CFG, self.t)
+        if decision.changes:
+            before = self.config
+            self.config = decision.config
+            self.configs.append(decision.config)
+            self.state = applied(self.state, decision, before, w, self.t)
+            self.log.append((self.t, decision.action, decision.rule))
+        return decision
+
+    def run(self, seconds: float, w_factory=win, **kw):
+        return [self.tick(w_factory, **kw) for _ in range(int(seconds / 2))]
+
+
+def overloaded(t, instances=1, **kw):
+    return win(t, latency_ms=60.0, util=0.97, rate=600, instances=instances, **kw)
+
+
+def overloaded_by(t, instances=1, config=DEFAULT, **kw):
+    """Far more load than any config can serve; each rung of the ladder raises the service rate a little."""
+    capacity = 500.0 * (2 if config.dynamic_batching else 1) * (1.3 if config.instances > 1 else 1)
+    capacity *= 1 + config.max_queue_delay_us / 50_000
+    capacity *= VARIANTS["fp32"].latency_ms_b32 / VARIANTS[config.variant].latency_ms_b32
+    return win(t, latency_ms=60.0, util=0.97, rate=min(capacity, 50_000), instances=instances, **kw)
+
+
+overloaded_by.needs_config = True
+
+
+def test_scale_up_on_queueing_waits_for_the_upscale_delay_then_enables_batching():
+    sim = Sim(ctx())
+    decisions = sim.run(2, overloaded)
+    assert [d.rule for d in decisions] == ["waiting-up-delay"]
+    sim.run(4, overloaded)
+    assert sim.log[0][1:] == ("apply", "enable-dynamic-batching")
+    assert sim.config.dynamic_batching and sim.config.max_queue_delay_us == 500
+    assert sim.config.preferred_batch_sizes == (4, 8, 16)
+
+
+def test_sustained_overload_climbs_the_ladder_one_action_at_a_time_and_stays_above_the_floor():
+    sim = Sim(ctx(floor=0.97))
+    sim.run(160, overloaded_by)
+    rules = [r for _, a, r in sim.log if a == "apply"]
+    assert rules[:2] == ["enable-dynamic-batching", "add-instance"]
+    assert "lengthen-queue-delay" in rules and "faster-variant" in rules
+    assert sim.config.instances == 2 and sim.config.threads == 1  # 2 instances × 1 thread on 2 cores
+    assert sim.config.variant == "pruned"  # the fastest allowed: distilled (0.960) is below the 0.97 floor
+    assert all(VARIANTS[c.variant].top1 >= 0.97 for c in sim.configs)
+    assert all(c.max_queue_delay_us <= ctx().delay_cap_us == 12_500 for c in sim.configs)
+    times = [t for t, _, _ in sim.log]
+    assert all(b - a >= CFG.guards.cooldown_s for a, b in itertools.pairwise(times))
+
+
+def test_degraded_variant_is_restored_when_load_falls():
+    sim = Sim(ctx(), ServingConfig("pruned", 2, 1, True, 12_500, (4, 8, 16)))
+    sim.run(18, lambda t, **kw: win(t, latency_ms=3.0, util=0.10, **kw))
+    assert sim.log == []  # light for less than the downscale delay: nothing yet
+    sim.run(10, lambda t, **kw: win(t, latency_ms=3.0, util=0.10, **kw))
+    assert sim.log[0][2] == "restore-variant" and sim.config.variant == "int8"  # the cheapest that fits
+    sim.run(60, lambda t, **kw: win(t, latency_ms=3.0, util=0.10, **kw))
+    assert sim.config.variant in ("fp32", "fp16") and sim.config.instances == 1
+    assert [r for _, _, r in sim.log].count("remove-instance") == 1
+
+
+def test_scale_down_when_idle():
+    sim = Sim(ctx(), ServingConfig("fp32", 2, 1, True, 1000, (4, 8, 16)))
+    sim.run(30, lambda t, **kw: win(t, latency_ms=2.0, util=0.05, rate=5, **kw))
+    assert ("remove-instance" in [r for _, _, r in sim.log]) and sim.config.instances == 1
+
+
+def test_no_flapping_under_noisy_metrics():
+    sim = Sim(ctx(), ServingConfig("fp32", 2, 1, True, 1000, (4, 8, 16)))
+    for i in range(60):  # alternate pressure and calm every window
+        sim.tick(overloaded if i % 2 else (lambda t, **kw: win(t, latency_ms=2.0, util=0.05, **kw)))
+    assert sim.log == []
+
+
+def test_regression_is_rolled_back_and_the_config_stays_tabu():
+    sim = Sim(ctx())
+    sim.run(6, overloaded)
+    assert sim.log[-1][2] == "enable-dynamic-batching"
+    before = ServingConfig("fp32")
+    # after the action: latency doubles and throughput does not rise
+    decisions = sim.run(10, lambda t, **kw: win(t, latency_ms=120.0, util=0.99, rate=600, **kw))
+    rollback = next(d for d in decisions if d.action == "rollback")
+    assert rollback.config == before and rollback.verified["outcome"] == "rolled-back"
+    assert sim.config == before and sim.state.rollbacks == 1
+    sim.run(30, overloaded)
+    assert all(r != "enable-dynamic-batching" for _, _, r in sim.log[2:])  # tabu: the next rung is tried instead
+
+
+def test_an_action_that_changes_nothing_is_rolled_back():
+    sim = Sim(ctx())
+    sim.run(30, overloaded)  # same windows whatever the config: enabling batching did not help here
+    assert [r for _, _, r in sim.log][:2] == ["enable-dynamic-batching", "rollback"]
+    assert sim.config == DEFAULT
+
+
+def test_a_transient_bad_window_after_an_action_does_not_roll_it_back():
+    sim = Sim(ctx())
+    sim.run(6, overloaded)
+    # reload transient: one window worse, then the backlog drains and throughput rises
+    sim.run(2, lambda t, **kw: win(t, latency_ms=2000.0, util=0.99, rate=430, pending_requests=1800, **kw))
+    sim.run(6, lambda t, **kw: win(t, latency_ms=900.0, util=0.99, rate=760, pending_requests=900, **kw))
+    assert [r for _, _, r in sim.log] == ["enable-dynamic-batching"]
+    assert sim.state.last_good.dynamic_batching
+
+
+def test_improvement_is_kept_and_becomes_the_last_good_config():
+    sim = Sim(ctx())
+    sim.run(6, overloaded)
+    decisions = sim.run(10, lambda t, **kw: win(t, latency_ms=8.0, util=0.6, rate=600, **kw))
+    kept = next(d for d in decisions if d.verified)
+    assert kept.verified["outcome"] == "kept"
+    assert sim.state.last_good == sim.config and sim.config.dynamic_batching
+
+
+def test_triton_restart_reapplies_the_last_good_config():
+    good = ServingConfig("int8", 2, 1, True, 2000, (4, 8, 16))
+    sim = Sim(ctx(), good)
+    sim.run(4)
+    sim.config = DEFAULT  # Triton came back with the on-disk default
+    d = sim.tick(lambda t, **kw: Window(start_s=t - 2, end_s=t, restarted=True))
+    assert d.action == "reapply" and d.config == good and sim.state.restarts == 1
+    d = sim.tick(lambda t, **kw: Window(start_s=t - 2, end_s=t, model_missing=True))
+    assert d.action == "reapply" and d.config == good
+
+
+def test_a_refused_load_makes_the_target_tabu():
+    sim = Sim(ctx())
+    sim.run(4, overloaded)
+    w = overloaded(sim.t)
+    decision, state = step(w, sim.config, sim.state, sim.ctx, sim.policy, CFG, sim.t + 2)
+    assert decision.changes
+    state = apply_failed(state, decision, sim.t + 2, CFG)
+    assert state.rollbacks == 1 and state.tabu[0][0] == decision.config
+    decision, _ = step(overloaded(sim.t + 10), sim.config, state, sim.ctx, sim.policy, CFG, sim.t + 10)
+    assert decision.config != state.tabu[0][0]
+
+
+def test_guard_rails_bound_any_policy():
+    c = ctx(floor=0.97)
+    w = win(10.0)
+    rogue = ServingConfig(
+        "distilled",
+        instances=9,
+        threads=8,
+        dynamic_batching=True,
+        max_queue_delay_us=10**7,
+        preferred_batch_sizes=(8, 128),
+    )
+    out = clamp(rogue, ServingConfig("fp32", 1, 0, True, 1000), w, c, CFG.guards)
+    assert out.variant == "fp32"  # below the floor: refused
+    assert out.instances == 2 and out.threads == 1  # one step, ≤ cores, instances × threads ≤ cores
+    assert out.max_queue_delay_us == 2000  # at most ×2 per step
+    assert out.preferred_batch_sizes == (8,)
+
+
+def test_gpu_instances_never_ask_for_more_memory_than_is_free():
+    c = Context(
+        objective=Objective(SLO), variants=VARIANTS, kind="gpu", max_instances=8, gpu_memory_per_instance_bytes=1e9
+    )
+    up = ServingConfig("fp32", instances=3)
+    assert clamp(up, ServingConfig("fp32", 2), win(1.0, gpu_memory_free_bytes=0.5e9), c, CFG.guards).instances == 2
+    assert clamp(up, ServingConfig("fp32", 2), win(1.0, gpu_memory_free_bytes=1.5e9), c, CFG.guards).instances == 3
+
+
+def test_policy_never_proposes_a_variant_below_the_floor():
+    policy = RulePolicy()
+    maxed = ServingConfig("fp32", 2, 1, True, 12_500, (4, 8, 16))
+    p: Proposal = policy.propose(overloaded(10.0, instances=2), maxed, ctx(floor=0.975))
+    assert p.rule == "faster-variant" and p.config.variant == "int8"
+    assert policy.propose(overloaded(10.0, instances=2), replace(maxed, variant="int8"), ctx(floor=0.975)) is None
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Objective(0), "slo-p99-ms"),
+        (lambda: Objective(50, 1.5), "accuracy-floor"),
+        (lambda: ctx(floor=0.99), "no variant reaches"),
+    ],
+)
+def test_invalid_objective_is_a_one_line_error(make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()
