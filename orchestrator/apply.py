@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from orchestrator.policy import ServingConfig
 from tritune.client import InferenceClient, with_variant
-from tritune.errors import AdminError, TrituneError
+from tritune.errors import AdminError, ModelNotFoundError, TrituneError
 from tritune.model_config import DynamicBatching, ModelConfig, QueuePolicy
 
 
@@ -54,15 +54,22 @@ class Applier:
 
     def __init__(self, client: InferenceClient, model: str, ready_timeout_s: float = 60.0):
         self.client, self.model, self.ready_timeout_s = client, model, ready_timeout_s
+        self._last: ModelConfig | None = None  # what Triton last served: the base when the model is gone
 
     def current(self) -> tuple[ModelConfig, ServingConfig]:
         cfg = self.client.model_config(self.model)
+        self._last = cfg
         return cfg, serving_config(cfg)
 
     def apply(self, target: ServingConfig) -> ApplyResult:
         start = time.monotonic()
         try:
-            base = self.client.model_config(self.model)
+            try:
+                base = self.client.model_config(self.model)
+            except ModelNotFoundError:
+                if self._last is None:
+                    raise
+                base = self._last  # not loaded (e.g. Triton restarted without it): load it from what it was
             new = model_config(base, target)
             self.client.load(self.model, config=new)  # returns when the new copy is loaded (or failed)
             deadline = time.monotonic() + self.ready_timeout_s
@@ -77,6 +84,7 @@ class Applier:
                 target.dynamic_batching,
             ):
                 raise AdminError(f"{self.model} reports {live.describe()} after loading {target.describe()}")
+            self._last = new
             return ApplyResult(True, time.monotonic() - start, config=new)
         except TrituneError as exc:
             return ApplyResult(False, time.monotonic() - start, error=str(exc))

@@ -8,6 +8,7 @@ A rejected load: recorded, the target made tabu, the old config keeps serving.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import threading
 import time
@@ -43,7 +44,7 @@ def scrape(url: str, timeout_s: float = 5.0) -> str:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - our own Triton
             return resp.read().decode()
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise ServerUnavailableError(f"cannot scrape {url} ({exc}); is Triton running?") from exc
 
 
@@ -147,7 +148,11 @@ class Orchestrator:
         """Scrape once and act on the window since the previous scrape; None when there is no window yet."""
         now = self.clock()
         try:
-            snap = parse_metrics(scrape(self.options.metrics_url), now)
+            text = scrape(self.options.metrics_url)
+            try:
+                snap = parse_metrics(text, now)
+            except ValueError as exc:
+                raise ServerUnavailableError(f"malformed metrics from {self.options.metrics_url} ({exc})") from exc
             if self.current is None:
                 self.current = self.applier.current()[1]
                 self.metrics.show_config(self.current, self.ctx)
@@ -242,7 +247,11 @@ class Orchestrator:
         end = None if not duration_s else self.clock() + duration_s
         while not self._stop.is_set() and (end is None or self.clock() < end):
             started = self.clock()
-            self.tick()
+            try:
+                self.tick()
+            except Exception as exc:  # the loop must outlive any one bad tick; say so and back off
+                self.backoff_s = min(max(self.backoff_s * 2, self.options.interval_s), self.options.max_backoff_s)
+                self.log("tick-error", error=f"{type(exc).__name__}: {exc}", retry_in_s=self.backoff_s)
             wait = self.backoff_s or self.options.interval_s
             self._stop.wait(max(0.0, wait - (self.clock() - started)))
         self.log(

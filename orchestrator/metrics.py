@@ -47,7 +47,8 @@ class ModelSample:
 @dataclass
 class Snapshot:
     time_s: float
-    models: dict[str, ModelSample]
+    models: dict[str, ModelSample]  # summed over versions (for display)
+    versions: dict[tuple[str, str], ModelSample] = field(default_factory=dict)  # (model, version) → sample
     cpu_utilization: float | None = None  # 0..1, whole machine, as Triton reports it
     cpu_memory_used_bytes: float | None = None
     gpu_utilization: dict[str, float] = field(default_factory=dict)  # by GPU uuid, 0..1
@@ -58,7 +59,8 @@ class Snapshot:
 def parse_metrics(text: str, time_s: float) -> Snapshot:
     """Parse Triton's /metrics text with prometheus_client's parser."""
     models: dict[str, ModelSample] = {}
-    snap = Snapshot(time_s=time_s, models=models)
+    versions: dict[tuple[str, str], ModelSample] = {}
+    snap = Snapshot(time_s=time_s, models=models, versions=versions)
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             name, labels, value = s.name, s.labels, s.value
@@ -66,20 +68,11 @@ def parse_metrics(text: str, time_s: float) -> Snapshot:
                 continue
             model = labels.get("model")
             if model is not None:
-                m = models.setdefault(model, ModelSample())
-                base = name.removesuffix("_total")
-                if base in COUNTERS:
-                    setattr(m, COUNTERS[base], getattr(m, COUNTERS[base]) + value)
-                elif base == "nv_inference_request_failure":
-                    m.failure += value
-                elif base == "nv_inference_pending_request_count":
-                    m.pending += value
-                elif name == "nv_inference_request_summary_us" and "quantile" in labels:
-                    q = float(labels["quantile"])
-                    m.request_quantiles_us[q] = max(m.request_quantiles_us.get(q, 0.0), value)
-                elif name == "nv_inference_queue_summary_us" and "quantile" in labels:
-                    q = float(labels["quantile"])
-                    m.queue_quantiles_us[q] = max(m.queue_quantiles_us.get(q, 0.0), value)
+                for m in (
+                    models.setdefault(model, ModelSample()),
+                    versions.setdefault((model, labels.get("version", "")), ModelSample()),
+                ):
+                    _add(m, name, labels, value)
             elif name == "nv_cpu_utilization":
                 snap.cpu_utilization = value
             elif name == "nv_cpu_memory_used_bytes":
@@ -91,6 +84,22 @@ def parse_metrics(text: str, time_s: float) -> Snapshot:
             elif name == "nv_gpu_memory_total_bytes":
                 snap.gpu_memory_total_bytes[labels.get("gpu_uuid", "gpu")] = value
     return snap
+
+
+def _add(m: ModelSample, name: str, labels: dict[str, str], value: float) -> None:
+    base = name.removesuffix("_total")
+    if base in COUNTERS:
+        setattr(m, COUNTERS[base], getattr(m, COUNTERS[base]) + value)
+    elif base == "nv_inference_request_failure":
+        m.failure += value
+    elif base == "nv_inference_pending_request_count":
+        m.pending += value
+    elif name == "nv_inference_request_summary_us" and "quantile" in labels:
+        q = float(labels["quantile"])
+        m.request_quantiles_us[q] = max(m.request_quantiles_us.get(q, 0.0), value)
+    elif name == "nv_inference_queue_summary_us" and "quantile" in labels:
+        q = float(labels["quantile"])
+        m.queue_quantiles_us[q] = max(m.queue_quantiles_us.get(q, 0.0), value)
 
 
 @dataclass(frozen=True)
@@ -140,7 +149,7 @@ class Window:
 
 def window(prev: Snapshot, cur: Snapshot, model: str) -> Window:
     """The window between two snapshots for ``model``; flags a restart when any counter went backwards."""
-    a, b = prev.models.get(model), cur.models.get(model)
+    b = cur.models.get(model)
     gpu_free = None
     if cur.gpu_memory_total_bytes:
         gpu_free = min(
@@ -155,8 +164,8 @@ def window(prev: Snapshot, cur: Snapshot, model: str) -> Window:
     }
     if b is None:
         return Window(**common, model_missing=True)
-    if a is None:
-        a = ModelSample()
+    # Per version: a version that appeared (a variant switch loads one) counts from zero, one that was unloaded
+    # drops out; only a version whose own counters went backwards means Triton restarted.
     fields = (
         "success",
         "failure",
@@ -168,14 +177,23 @@ def window(prev: Snapshot, cur: Snapshot, model: str) -> Window:
         "compute_infer_us",
         "compute_output_us",
     )
-    d = {f: getattr(b, f) - getattr(a, f) for f in fields}
+    d = dict.fromkeys(fields, 0.0)
+    went_back = False
+    for key, vb in cur.versions.items():
+        if key[0] != model:
+            continue
+        va = prev.versions.get(key, ModelSample())
+        for f in fields:
+            delta = getattr(vb, f) - getattr(va, f)
+            went_back |= delta < 0
+            d[f] += delta
     quantiles = {
         "p50_latency_ms": b.request_quantiles_us.get(0.5, math.nan) / 1000 if b.request_quantiles_us else None,
         "p99_latency_ms": b.request_quantiles_us.get(0.99, math.nan) / 1000 if b.request_quantiles_us else None,
         "p99_queue_ms": b.queue_quantiles_us.get(0.99, math.nan) / 1000 if b.queue_quantiles_us else None,
     }
     quantiles = {k: (None if v is None or math.isnan(v) else v) for k, v in quantiles.items()}
-    if any(v < 0 for v in d.values()):
+    if went_back:
         return Window(**common, restarted=True, pending_requests=b.pending, **quantiles)
     dt = max(cur.time_s - prev.time_s, 1e-9)
     n = d["success"]

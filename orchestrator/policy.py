@@ -126,7 +126,7 @@ class Decision:
 # -- signals ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Thresholds:
-    avg_fraction_over: float = 0.5  # mean latency above this share of the SLO is pressure (p99 ≈ 2-3 × mean)
+    avg_fraction_over: float = 0.3  # mean latency above this share of the SLO is pressure (p99 ≈ 3 × mean or more)
     p99_fraction_light: float = 0.5  # below this share of the SLO (and low utilization) the load is light
     utilization_over: float = 0.9
     utilization_light: float = 0.5
@@ -167,11 +167,14 @@ def pressure(w: Window, config: ServingConfig, ctx: Context, t: Thresholds) -> s
 
 
 def light(w: Window, config: ServingConfig, ctx: Context, t: Thresholds) -> bool:
+    """Plenty of slack. Judged on service time (latency less queueing): under light load a request waits out the
+    batching delay, which the policy itself chose and can shorten."""
     slo = ctx.objective.p99_latency_ms
     p99 = w.p99_latency_ms if w.p99_latency_ms is not None else w.avg_latency_ms
+    service_ms = w.avg_latency_ms - min(w.avg_queue_ms, config.max_queue_delay_us / 1000)
     return (
         w.failures == 0
-        and w.avg_latency_ms < t.p99_fraction_light * slo / 2
+        and service_ms < t.p99_fraction_light * slo / 2
         and p99 < t.p99_fraction_light * slo
         and utilization(w, config) < t.utilization_light
     )
@@ -259,6 +262,13 @@ class RulePolicy:
                         "restore-variant",
                         f"light load ({util:.0%} busy); {v.name} predicted {predicted:.0%} busy",
                     )
+        if c.dynamic_batching and c.max_queue_delay_us > self.initial_delay_us:
+            yield Proposal(
+                replace(c, max_queue_delay_us=max(c.max_queue_delay_us // 2, self.initial_delay_us)),
+                "down",
+                "shorten-queue-delay",
+                f"light load ({util:.0%} busy): less waiting per request",
+            )
         if (
             c.instances > ctx.min_instances
             and util * c.instances / (c.instances - 1) < self.thresholds.utilization_light
@@ -266,6 +276,11 @@ class RulePolicy:
             yield Proposal(
                 replace(c, instances=c.instances - 1), "down", "remove-instance", f"light load ({util:.0%} busy)"
             )
+
+
+def _allowed_variant(variant: str, ctx: Context) -> bool:
+    info = ctx.variants.get(variant)
+    return info is not None and info.top1 >= ctx.objective.accuracy_floor
 
 
 def _cost(ctx: Context, variant: str) -> float:
@@ -364,6 +379,7 @@ class Pending:
     windows: int = 0
     better: int = 0
     worse: int = 0
+    idle: int = 0
 
 
 @dataclass(frozen=True)
@@ -380,6 +396,7 @@ class ControllerState:
     pending: Pending | None = None
     last_good: ServingConfig | None = None
     tabu: tuple[tuple[ServingConfig, float], ...] = ()
+    retry: Decision | None = None  # a rollback or re-apply Triton refused: reissued after the cool-down
     actions: int = 0
     rollbacks: int = 0
     restarts: int = 0
@@ -396,6 +413,20 @@ def step(
 ) -> tuple[Decision, ControllerState]:
     """One controller tick. The caller applies ``decision.config`` when ``decision.changes`` and then reports the
     outcome with :func:`applied` or :func:`apply_failed`."""
+    last_action = state.guard.last_action_s
+    if last_action is not None and now_s - last_action < SUMMARY_WINDOW_S:
+        # Triton's p99 still mixes in requests from before the last action: judge by the window's own means.
+        w = replace(w, p99_latency_ms=None, p50_latency_ms=None, p99_queue_ms=None)
+    if state.retry is not None:
+        if last_action is not None and now_s - last_action < cfg.guards.cooldown_s:
+            return Decision("hold", "retry-wait", f"{state.retry.rule} refused; retrying after the cool-down"), state
+        return replace(state.retry, reason=f"retry: {state.retry.reason}"), replace(state, retry=None)
+    if not _allowed_variant(current.variant, ctx):
+        target = replace(current, variant=ctx.most_accurate().name)
+        if state.last_good is None or not _allowed_variant(state.last_good.variant, ctx):
+            state = replace(state, last_good=target)
+        why = f"{current.variant!r} is below the accuracy floor {ctx.objective.accuracy_floor:.4f} or unknown"
+        return Decision("apply", "enforce-accuracy-floor", why, target), state
     if state.last_good is None:
         state = replace(state, last_good=current)
     if w.restarted or w.model_missing:
@@ -408,7 +439,7 @@ def step(
 
     if state.pending is not None:
         p = state.pending
-        if now_s - p.applied_s < cfg.guards.cooldown_s:
+        if now_s - p.applied_s < cfg.guards.cooldown_s or w.start_s < p.applied_s:
             return Decision("hold", "verifying", f"{p.rule} applied {now_s - p.applied_s:.1f} s ago"), state
         verdict_now = judge(p.before_window, w, p, ctx, cfg)
         p = replace(
@@ -416,13 +447,15 @@ def step(
             windows=p.windows + 1,
             better=p.better + (verdict_now == "better"),
             worse=p.worse + (verdict_now == "worse"),
+            idle=p.idle + (verdict_now == "idle"),
         )
         if p.windows < cfg.verify_windows and not (p.rule in DOWN_RULES and verdict_now == "worse"):
             return Decision(
                 "hold", "verifying", f"{p.rule}: window {p.windows}/{cfg.verify_windows} {verdict_now}"
             ), replace(state, pending=p)
         # A capacity-adding action must show an improvement; one that gives capacity back must not hurt.
-        kept = p.worse == 0 if p.rule in DOWN_RULES else p.better > p.worse
+        # (if the load went away meanwhile there is no evidence either way: keep it)
+        kept = p.worse == 0 if p.rule in DOWN_RULES else (p.better > p.worse or p.idle == p.windows)
         summary = {
             "rule": p.rule,
             "windows": p.windows,
@@ -465,7 +498,8 @@ def _propose(w, current, state, ctx, policy, cfg, now_s):
     return decision, replace(state, guard=gstate)
 
 
-DOWN_RULES = ("restore-variant", "remove-instance")
+DOWN_RULES = ("restore-variant", "remove-instance", "shorten-queue-delay")
+SUMMARY_WINDOW_S = 60.0  # Triton 2.51 keeps its latency summaries over about this long
 
 
 def judge(before: Window, after: Window, p: Pending, ctx: Context, cfg: ControllerConfig) -> str:
@@ -475,14 +509,18 @@ def judge(before: Window, after: Window, p: Pending, ctx: Context, cfg: Controll
     drains are the evidence. Without one, latency is.
     """
     tol = cfg.regression_tolerance
+    if after.requests == 0 and after.pending_requests == 0:
+        return "idle"
     if after.failure_rate > before.failure_rate + 0.01:
         return "worse"
     if p.rule in DOWN_RULES:  # gave capacity back: the SLO must still hold with room to spare
         over = after.avg_latency_ms > ctx.objective.p99_latency_ms * 0.5
         backlog = after.pending_requests > 4 * max(p.after.instances, 1)
         return "worse" if over or backlog else "same"
-    more = after.throughput_infer_per_s > before.throughput_infer_per_s * (1 + tol / 2)
-    less = after.throughput_infer_per_s < before.throughput_infer_per_s * (1 - tol)
+    # Throughput follows the offered load; it measures capacity only while requests wait (a backlog).
+    saturated = before.pending_requests > 4 * max(p.before.instances, 1) or before.avg_queue_ms > before.avg_compute_ms
+    more = saturated and after.throughput_infer_per_s > before.throughput_infer_per_s * (1 + tol / 2)
+    less = saturated and after.throughput_infer_per_s < before.throughput_infer_per_s * (1 - tol)
     draining = before.pending_requests > 0 and after.pending_requests < before.pending_requests * 0.8
     faster = after.avg_latency_ms < before.avg_latency_ms * (1 - tol)
     slower = after.avg_latency_ms > before.avg_latency_ms * (1 + tol)
@@ -518,6 +556,15 @@ def applied(
 def apply_failed(state: ControllerState, decision: Decision, now_s: float, cfg: ControllerConfig) -> ControllerState:
     """Triton refused the load and kept the old config: make a new target tabu and carry on. A failed re-apply or
     rollback targets a known good config: it is retried, not banned."""
-    banned = decision.action == "apply" and decision.config is not None
-    tabu = (*state.tabu, (decision.config, now_s + cfg.tabu_s)) if banned else state.tabu
-    return replace(state, pending=None, tabu=tabu, rollbacks=state.rollbacks + 1, guard=GuardState(last_action_s=now_s))
+    tabu = tuple((c, until) for c, until in state.tabu if until > now_s)
+    if decision.action == "apply" and decision.config is not None:
+        tabu = (*tabu, (decision.config, now_s + cfg.tabu_s))
+    retry = decision if decision.action in ("rollback", "reapply") else None
+    return replace(
+        state,
+        pending=None,
+        tabu=tabu,
+        retry=retry,
+        rollbacks=state.rollbacks + 1,
+        guard=GuardState(last_action_s=now_s),
+    )

@@ -115,7 +115,8 @@ class InferenceClient:
     # -- health and config ---------------------------------------------------------------------------------------
     def is_ready(self, model: str | None = None) -> bool:
         try:
-            return bool(self._client.is_model_ready(model) if model else self._client.is_server_ready())
+            kw = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+            return bool(self._client.is_model_ready(model, **kw) if model else self._client.is_server_ready(**kw))
         except (InferenceServerException, ConnectionError, OSError):
             return False
 
@@ -123,7 +124,9 @@ class InferenceClient:
         try:
             if self.protocol == "http":
                 return ModelConfig.from_dict(self._client.get_model_config(model))
-            return ModelConfig.from_dict(self._client.get_model_config(model, as_json=True))
+            return ModelConfig.from_dict(
+                self._client.get_model_config(model, as_json=True, client_timeout=self.timeout_s)
+            )
         except InferenceServerException as exc:
             raise _classify(exc, model, self.url) from None
         except (ConnectionError, OSError) as exc:
@@ -156,11 +159,14 @@ class InferenceClient:
         """Load or reload ``model``; with ``config`` (and ``files``) the served copy changes without touching disk.
         Triton keeps serving the old copy until the new one is ready, and keeps it if the load fails."""
         try:
+            # gRPC calls block with no deadline unless given one: a hung load must not hang the orchestrator.
+            kw = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
             self._client.load_model(
                 model,
                 headers=self._admin_headers(),
                 config=config.to_json() if config is not None else None,
                 files=files,
+                **kw,
             )
         except InferenceServerException as exc:
             raise self._admin_error("load", model, exc) from None
@@ -169,7 +175,11 @@ class InferenceClient:
 
     def unload(self, model: str) -> None:
         try:
-            self._client.unload_model(model, headers=self._admin_headers())
+            self._client.unload_model(
+                model,
+                headers=self._admin_headers(),
+                **({"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}),
+            )
         except InferenceServerException as exc:
             raise self._admin_error("unload", model, exc) from None
         except (ConnectionError, OSError) as exc:

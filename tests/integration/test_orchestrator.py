@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -15,7 +19,7 @@ from orchestrator.loop import LoopOptions, Orchestrator
 from orchestrator.policy import Context, ControllerConfig, GuardConfig, Objective, ServingConfig, VariantInfo
 from tests.integration.conftest import ADMIN_KEY, start_server
 from tritune.client import InferenceClient
-from tritune.server import ServerOptions, TritonServer
+from tritune.server import ServerOptions, TritonServer, free_port
 
 SLO_MS = 100.0
 # The default config (1 instance, no batching) holds ~550/s of batch-1 requests on 2 cores shared with the load
@@ -120,3 +124,83 @@ def test_survives_a_triton_restart_and_reapplies_the_last_good_config(
     reapply = next(r for r in orch.history if r["event"] == "action" and r["action"] == "reapply")
     assert reapply["rule"] == "triton-restarted" and reapply["after"] == good.describe()
     assert live == good and orch.state.restarts >= 1
+
+
+def test_orchestrate_command_serves_its_metrics_and_logs_decisions(fresh_server, quick_repository, tmp_path):
+    port = free_port()
+    log = tmp_path / "decisions.jsonl"
+    cmd = [
+        sys.executable,
+        "-m",
+        "tritune",
+        "orchestrate",
+        "--url",
+        fresh_server.grpc_url,
+        "--metrics-url",
+        fresh_server.metrics_url,
+        "--repository",
+        str(quick_repository),
+        "--slo-p99-ms",
+        "80",
+        "--interval-s",
+        "0.5",
+        "--duration-s",
+        "6",
+        "--metrics-port",
+        str(port),
+        "--decision-log",
+        str(log),
+    ]
+    env = {**os.environ, "TRITUNE_ADMIN_KEY": ADMIN_KEY}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        text = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "tritune_slo_p99_latency_ms 80.0" not in text:
+            time.sleep(0.5)
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            except OSError:
+                continue
+        assert "tritune_slo_p99_latency_ms 80.0" in text
+        assert "tritune_config_instances 1.0" in text and 'tritune_config_variant{variant="fp32"} 1.0' in text
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopped: 0 actions" in out
+    events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+    assert events[0] == "start" and events[-1] == "stop"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--slo-p99-ms", "0"], "--slo-p99-ms must be > 0"),
+        (["--accuracy-floor", "1.0"], "no variant reaches"),
+        (["--interval-s", "-1"], "--interval-s must be > 0"),
+    ],
+)
+def test_orchestrate_rejects_bad_options_in_one_line(fresh_server, quick_repository, args, message):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tritune",
+            "orchestrate",
+            "--url",
+            fresh_server.grpc_url,
+            "--repository",
+            str(quick_repository),
+            "--metrics-port",
+            "0",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TRITUNE_ADMIN_KEY": ADMIN_KEY},
+        check=False,
+    )
+    assert proc.returncode == 2 and message in proc.stderr and proc.stderr.strip().count("\n") == 0

@@ -53,3 +53,31 @@ def test_counters_going_backwards_mean_a_restart(snaps):
 def test_unknown_model_is_flagged_missing(snaps):
     a, b = snaps
     assert window(a, b, "not_loaded").model_missing
+
+
+def _text(version_counts: dict[str, int]) -> str:
+    lines = []
+    for version, n in version_counts.items():
+        labels = f'model="cnn",version="{version}"'
+        lines += [
+            f"nv_inference_request_success{{{labels}}} {n}",
+            f"nv_inference_count{{{labels}}} {n}",
+            f"nv_inference_exec_count{{{labels}}} {n}",
+            f"nv_inference_request_duration_us{{{labels}}} {n * 1000}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_variant_switch_is_not_a_restart():
+    # version 1 served 5000 requests, then the policy switched to version 5: Triton drops version 1's series
+    a = parse_metrics(_text({"1": 5000}), 0.0)
+    b = parse_metrics(_text({"5": 300}), 2.0)
+    w = window(a, b, "cnn")
+    assert not w.restarted and w.requests == 300 and w.throughput_infer_per_s == 150
+    both = parse_metrics(_text({"1": 5100, "5": 50}), 1.0)
+    w = window(a, both, "cnn")
+    assert not w.restarted and w.requests == 150
+
+
+def test_a_version_counting_backwards_is_a_restart():
+    assert window(parse_metrics(_text({"1": 5000}), 0.0), parse_metrics(_text({"1": 10}), 2.0), "cnn").restarted

@@ -142,15 +142,18 @@ def test_degraded_variant_is_restored_when_load_falls():
     assert sim.log == []  # light for less than the downscale delay: nothing yet
     sim.run(10, lambda t, **kw: win(t, latency_ms=3.0, util=0.10, **kw))
     assert sim.log[0][2] == "restore-variant" and sim.config.variant == "int8"  # the cheapest that fits
-    sim.run(60, lambda t, **kw: win(t, latency_ms=3.0, util=0.10, **kw))
+    sim.run(300, lambda t, **kw: win(t, latency_ms=3.0, util=0.10, **kw))
     assert sim.config.variant in ("fp32", "fp16") and sim.config.instances == 1
-    assert [r for _, _, r in sim.log].count("remove-instance") == 1
+    assert sim.config.max_queue_delay_us == 500  # the batching delay walked back down to its first step
+    rules = [r for _, _, r in sim.log]
+    assert rules.count("remove-instance") == 1 and "shorten-queue-delay" in rules and "rollback" not in rules
 
 
 def test_scale_down_when_idle():
     sim = Sim(ctx(), ServingConfig("fp32", 2, 1, True, 1000, (4, 8, 16)))
-    sim.run(30, lambda t, **kw: win(t, latency_ms=2.0, util=0.05, rate=5, **kw))
-    assert ("remove-instance" in [r for _, _, r in sim.log]) and sim.config.instances == 1
+    sim.run(90, lambda t, **kw: win(t, latency_ms=2.0, util=0.05, rate=5, **kw))
+    assert [r for _, _, r in sim.log] == ["shorten-queue-delay", "remove-instance"]
+    assert sim.config.instances == 1 and sim.config.threads == 2
 
 
 def test_no_flapping_under_noisy_metrics():
@@ -189,6 +192,35 @@ def test_a_transient_bad_window_after_an_action_does_not_roll_it_back():
     sim.run(6, lambda t, **kw: win(t, latency_ms=900.0, util=0.99, rate=760, pending_requests=900, **kw))
     assert [r for _, _, r in sim.log] == ["enable-dynamic-batching"]
     assert sim.state.last_good.dynamic_batching
+
+
+def test_a_below_floor_variant_found_serving_is_replaced_at_once():
+    sim = Sim(ctx(floor=0.97), ServingConfig("distilled", 1))
+    sim.tick(win)
+    assert sim.log == [(2.0, "apply", "enforce-accuracy-floor")] and sim.config.variant == "fp32"
+    assert sim.state.last_good.variant == "fp32"
+
+
+def test_a_refused_rollback_is_retried_after_the_cool_down():
+    sim = Sim(ctx())
+    sim.run(6, overloaded)
+    decisions = sim.run(10, lambda t, **kw: win(t, latency_ms=120.0, util=0.99, rate=600, pending_requests=50, **kw))
+    rollback = next(d for d in decisions if d.action == "rollback")
+    # pretend Triton refused it: the bad config still serves
+    sim.config = rollback.verified and ServingConfig("fp32", 1, 2, True, 500, (4, 8, 16))
+    sim.state = apply_failed(sim.state, rollback, sim.t, CFG)
+    d1 = sim.tick(win)
+    assert d1.rule == "retry-wait"
+    later = sim.run(8)
+    retry = next(d for d in later if d.action == "rollback")
+    assert retry.config == DEFAULT and retry.reason.startswith("retry:") and sim.config == DEFAULT
+
+
+def test_load_vanishing_during_verification_does_not_roll_back():
+    sim = Sim(ctx())
+    sim.run(6, overloaded)
+    sim.run(14, lambda t, **kw: Window(start_s=t - 2, end_s=t))  # nobody sends anything any more
+    assert [r for _, _, r in sim.log] == ["enable-dynamic-batching"] and sim.config.dynamic_batching
 
 
 def test_improvement_is_kept_and_becomes_the_last_good_config():
