@@ -42,18 +42,17 @@ def converged_after_s(windows: list[dict]) -> float | None:
     return None
 
 
-def one_run(args, data, ctx: Context) -> dict:
-    with (
-        tempfile.TemporaryDirectory() as cache,
-        TritonServer(
-            ServerOptions(
-                repository=args.repository,
-                models=("cnn",),
-                admin_key=KEY,
-                cache_dir=Path(cache),
-            )
-        ) as server,
-    ):
+def one_run(args, data, ctx: Context, index: int) -> dict:
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
+    triton_log = args.runs_dir / f"triton-{index}.log"
+    options = ServerOptions(
+        repository=args.repository,
+        models=("cnn",),
+        admin_key=KEY,
+        log_path=triton_log,
+        cache_dir=args.runs_dir / "cache",
+    )
+    with TritonServer(options) as server, tempfile.TemporaryDirectory() as cache:
         images, labels = data.x_test, data.y_test
         before = OpenLoopLoad(server.grpc_url, "cnn", images, labels).run(args.before_s, constant(args.rate))
         # let the default config drain its backlog so both phases start from an empty queue
@@ -77,6 +76,7 @@ def one_run(args, data, ctx: Context) -> dict:
         orch.stop()
         loop.join(timeout=60)
         windows = after.windows(5.0, args.slo_ms)
+        triton_exit = server.proc.poll() if server.proc else None
         steady_from = args.after_s - args.steady_s
         actions = [r for r in orch.history if r["event"] == "action"]
         return {
@@ -91,6 +91,8 @@ def one_run(args, data, ctx: Context) -> dict:
             "final_config": orch.current.describe() if orch.current else None,
             "failed_requests": len(before.failures) + len(after.failures),
             "failure_samples": sorted({r.error for r in before.failures + after.failures})[:3],
+            "triton_exited_during_run": triton_exit,  # None: still running at the end, as it should be
+            "triton_log": str(triton_log),
             "windows_5s": windows,
         }
 
@@ -106,6 +108,7 @@ def main() -> int:
     ap.add_argument("--steady-s", type=float, default=20.0, help="the last seconds of the run that count as 'after'")
     ap.add_argument("--interval-s", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--runs-dir", type=Path, default=Path("runs/bench-orchestrator"), help="Triton logs per run")
     args = ap.parse_args()
 
     manifest = read_manifest(args.repository)
@@ -115,7 +118,7 @@ def main() -> int:
         for n, v in manifest["variants"].items()
     }
     ctx = Context(objective=Objective(args.slo_ms, args.accuracy_floor), variants=variants, cores=os.cpu_count() or 1)
-    runs = [one_run(args, data, ctx) for _ in range(args.repeats)]
+    runs = [one_run(args, data, ctx, i) for i in range(args.repeats)]
 
     def med(path: list[str]):
         values = []

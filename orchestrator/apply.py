@@ -33,10 +33,13 @@ def model_config(base: ModelConfig, target: ServingConfig, max_queue_size: int =
     )
     batching = None
     if target.dynamic_batching:
+        queue = QueuePolicy(max_queue_size=max_queue_size) if max_queue_size else None
+        if queue is None and base.dynamic_batching is not None:
+            queue = base.dynamic_batching.default_queue_policy  # an operator's queue policy survives retuning
         batching = DynamicBatching(
             preferred_batch_size=target.preferred_batch_sizes,
             max_queue_delay_us=target.max_queue_delay_us,
-            default_queue_policy=QueuePolicy(max_queue_size=max_queue_size) if max_queue_size else None,
+            default_queue_policy=queue,
         )
     return replace(cfg, dynamic_batching=batching)
 

@@ -67,13 +67,16 @@ def test_reaches_a_config_that_holds_the_slo_where_the_default_could_not(
 
     windows = load.windows(5.0, SLO_MS)
     assert windows[0]["slo_met"] is False, windows[0]  # the default config cannot hold this load
-    assert all(w["slo_met"] for w in windows[-3:]), windows  # the last 15 s hold the SLO
+    rules = [r["rule"] for r in orch.history if r["event"] == "action"]
+    assert all(w["slo_met"] for w in windows[-3:]), (rules, [w["p99_ms"] for w in windows])
     assert load.summary()["failed"] == 0
     records = [json.loads(line) for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]
     actions = [r for r in records if r["event"] == "action"]
     assert actions and actions[0]["rule"] == "enable-dynamic-batching"
     for a in actions:  # every action says why, from which window, what changed
-        assert a["before"] != a["after"] and a["window"]["requests"] > 0 and a["reason"]
+        window = a["window"]  # triggered by completed requests or by a backlog that completes none (a stall)
+        assert a["before"] != a["after"] and (window["requests"] > 0 or window["pending_requests"] > 0)
+        assert a["reason"]
     assert any(r["event"] == "verified" for r in records)
     live = serving_config(orch.applier.client.model_config("cnn"))
     assert live == orch.current and live.dynamic_batching

@@ -1,0 +1,45 @@
+"""ServingConfig ↔ Triton model config, on the builders' real public-model config (no server needed)."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from builders.targets.base import VariantArtifact
+from builders.targets.cpu import cpu_model_config
+from orchestrator.apply import model_config, serving_config
+from orchestrator.policy import ServingConfig
+from tritune.model_config import DynamicBatching, QueuePolicy, VersionPolicy
+
+VERSIONS = {"fp32": 1, "pruned": 2, "distilled": 3, "fp16": 4, "int8": 5}
+
+
+def public() -> object:
+    base = cpu_model_config("cnn", VariantArtifact("fp32", "fp32", Path("x.onnx")), "0" * 64, 64)
+    return replace(base, version_policy=VersionPolicy(specific=(1,))).with_parameters(
+        variant_versions=json.dumps(VERSIONS)
+    )
+
+
+def test_default_reads_back_as_the_default_serving_config():
+    assert serving_config(public()) == ServingConfig("fp32", 1, 0, False, 0, ())
+
+
+def test_knobs_map_to_instances_threads_batching_and_version():
+    target = ServingConfig(
+        "int8", instances=2, threads=1, dynamic_batching=True, max_queue_delay_us=2000, preferred_batch_sizes=(4, 8)
+    )
+    cfg = model_config(public(), target)
+    assert cfg.instance_count == 2 and cfg.parameters["intra_op_num_threads"] == "1"
+    assert cfg.dynamic_batching == DynamicBatching((4, 8), 2000, None)
+    assert cfg.version_policy.specific == (5,) and cfg.parameters["variant"] == "int8"
+    assert serving_config(cfg) == target
+    back = model_config(cfg, ServingConfig("fp32"))
+    assert back.dynamic_batching is None and back.version_policy.specific == (1,)
+    assert back.parameters["intra_op_num_threads"] == "auto"
+
+
+def test_an_existing_queue_policy_survives_retuning():
+    base = replace(public(), dynamic_batching=DynamicBatching((8,), 100, QueuePolicy(max_queue_size=256)))
+    cfg = model_config(base, ServingConfig("fp32", 1, 0, True, 4000, (8, 16)))
+    assert cfg.dynamic_batching.default_queue_policy == QueuePolicy(max_queue_size=256)
+    assert cfg.dynamic_batching.max_queue_delay_us == 4000
