@@ -121,6 +121,7 @@ class Orchestrator:
         self.history: list[dict[str, Any]] = []  # every logged record, also kept in memory for callers
         self._seq = 0
         self._suspect_restart = False
+        self._windows = self._windows_ok = 0  # windows with traffic, and those that met the SLO
         self._stop = threading.Event()
         if options.metrics_port:
             start_http_server(options.metrics_port, addr=options.metrics_host, registry=self.metrics.registry)
@@ -199,11 +200,12 @@ class Orchestrator:
 
     def _observe(self, w: Window) -> None:
         if w.requests:
+            self._windows += 1
             self.metrics.windows.inc()
             if slo_met(w, self.ctx.objective):
+                self._windows_ok += 1
                 self.metrics.windows_ok.inc()
-            total = self.metrics.windows._value.get()
-            self.metrics.attainment.set(self.metrics.windows_ok._value.get() / total if total else 1.0)
+            self.metrics.attainment.set(self._windows_ok / self._windows)
         if w.p99_latency_ms is not None:
             self.metrics.p99.set(w.p99_latency_ms)
         self.metrics.mean.set(w.avg_latency_ms)
