@@ -10,7 +10,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -69,7 +69,6 @@ class BuildOptions:
     seed: int = 0
     threads: int = 0
     latency_runs: int = 5
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANTS]
@@ -339,7 +338,7 @@ def _merge_manifest(opts: BuildOptions, dataset: dict, variants: dict) -> dict[s
             and (opts.repository / entry.get("model_name", "")).is_dir()
         ):
             merged[name] = entry
-    opt_view = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items() if k != "extra"}
+    opt_view = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
     return {
         "schema_version": 1,
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),

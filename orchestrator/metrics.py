@@ -136,10 +136,6 @@ class Window:
         total = self.requests + self.failures
         return self.failures / total if total else 0.0
 
-    @property
-    def idle(self) -> bool:
-        return self.requests == 0 and self.pending_requests == 0
-
     def summary(self) -> dict:
         out = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
         out["interval_s"] = round(self.interval_s, 3)

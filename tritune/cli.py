@@ -10,7 +10,6 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from tritune import __version__, settings
 from tritune.errors import TrituneError
@@ -84,7 +83,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tritune: interrupted", file=sys.stderr)
         return 130
-
-
-def path_arg(value: str) -> Path:
-    return Path(value).expanduser()

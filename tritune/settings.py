@@ -95,7 +95,6 @@ def layered_defaults(
     """Defaults for ``parser`` (one subcommand) from files and the environment; the command line overrides them."""
     environ = os.environ if environ is None else environ
     actions = _option_actions(parser)
-    subcommands = {"build", "serve", "orchestrate", "loadtest", "sweep", "demo"}
     values: dict[str, Any] = {}
     for label, table in file_layers(config, cwd):
         scoped = {k: v for k, v in table.items() if not isinstance(v, dict)}
@@ -103,8 +102,6 @@ def layered_defaults(
         for key, value in scoped.items():
             dest = key.replace("-", "_")
             if dest not in actions:
-                if key in subcommands or dest in _GLOBAL_KEYS:
-                    continue
                 # Top-level keys may belong to other subcommands; only a subcommand's own table is strict.
                 if key in (table.get(command) or {}):
                     raise ConfigError(
@@ -117,9 +114,6 @@ def layered_defaults(
         if env_name in environ:
             values[dest] = _convert(action, environ[env_name], f"environment variable {env_name}")
     return values
-
-
-_GLOBAL_KEYS = {"config"}
 
 
 class CsvList:
