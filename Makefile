@@ -29,9 +29,13 @@ test: lint
 test-unit: install
 	$(PY) -m pytest tests/unit
 
-# The main job on the embedded default: CPU target, bundled data set, ./model_repository.
-build demo: install
+build: install
 	$(VENV)/bin/tritune build
+
+# The main job on the embedded default (CPU target, bundled data, local Triton): build if needed, serve, sweep,
+# orchestrate under a Locust step load, write runs/demo-*/report.html.
+demo: install
+	$(VENV)/bin/tritune demo
 
 bench: install
 	$(PY) bench/variants.py --build

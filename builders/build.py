@@ -46,6 +46,7 @@ class BuildOptions:
     repository: Path = Path("model_repository")
     variants: tuple[str, ...] = VARIANTS
     target: str = "cpu"
+    compiler: str | None = None  # gpu target only: "tensorrt" (its default) or "torch-tensorrt"
     dataset: str = "auto"
     data_dir: Path = Path("data")
     download: bool = False
@@ -142,7 +143,7 @@ def versions() -> dict[str, str | None]:
 def build(opts: BuildOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Build the requested variants into ``opts.repository``; returns the manifest."""
     opts.validate()
-    target = get_target(opts.target)
+    target = get_target(opts.target, opts.compiler, opts.cache_dir)
     started = time.perf_counter()
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -262,7 +263,7 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> dict[str, A
             logits = ox.run_onnx(sess, data.x_test)
             model = torch_models.get(name, fp32)
             acc = top1(logits, data.y_test)
-            artifact = VariantArtifact(name, PRECISION[name], path)
+            artifact = VariantArtifact(name, PRECISION[name], path, module=model)
             compiled = target.compile(artifact, opts.model_prefix + name, staging, opts.max_batch_size)
             entry = {
                 "model_name": compiled.model_name,
@@ -300,7 +301,10 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> dict[str, A
             )
 
         if opts.public_variant:
-            public = {VERSION_OF[v]: VariantArtifact(v, PRECISION[v], onnx_paths[v]) for v in manifest_variants}
+            public = {
+                VERSION_OF[v]: VariantArtifact(v, PRECISION[v], onnx_paths[v], module=torch_models.get(v, fp32))
+                for v in manifest_variants
+            }
             target.compile_public(
                 public, VERSION_OF[opts.public_variant], opts.public_model, staging, opts.max_batch_size
             )

@@ -14,6 +14,7 @@ from tritune.settings import CsvList
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from builders.build import VARIANTS, BuildOptions
     from builders.targets import TARGETS
+    from builders.targets.tensorrt import COMPILERS
 
     d = BuildOptions()
     g = p.add_argument_group("output")
@@ -27,6 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"comma-separated variants to build (default: {','.join(VARIANTS)})",
     )
     g.add_argument("--target", default=d.target, choices=sorted(TARGETS), help="compile target (default: %(default)s)")
+    g.add_argument(
+        "--compiler",
+        default=d.compiler,
+        choices=COMPILERS,
+        help="gpu target: tensorrt (ONNX parser; the default) or torch-tensorrt (from the PyTorch module; fp32/fp16)",
+    )
     g.add_argument(
         "--max-batch-size", type=int, default=d.max_batch_size, help="Triton max_batch_size (default: %(default)s)"
     )

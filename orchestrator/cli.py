@@ -10,6 +10,7 @@ from pathlib import Path
 from builders.repository import read_manifest
 from orchestrator.apply import Applier
 from orchestrator.loop import LoopOptions, Orchestrator
+from orchestrator.nvml import guard_inputs, read_gpus
 from orchestrator.policy import Context, ControllerConfig, GuardConfig, Objective, VariantInfo
 from tritune.client import InferenceClient, variant_versions
 from tritune.errors import ConfigError
@@ -45,9 +46,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--interval-s", type=float, default=2.0, help="scrape and decide every (default: %(default)s)")
     g.add_argument("--duration-s", type=float, default=0.0, help="stop after this long; 0 runs until Ctrl-C")
     g.add_argument("--decision-log", type=Path, default=Path("runs/decisions.jsonl"), help="(default: %(default)s)")
-    g.add_argument("--metrics-port", type=int, default=9100, help="own /metrics on 127.0.0.1; 0 = off")
+    g.add_argument("--metrics-port", type=int, default=9100, help="own /metrics port; 0 = off (default: %(default)s)")
+    g.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of the own /metrics; 0.0.0.0 only inside a private network, e.g. compose (default: %(default)s)",
+    )
     g = p.add_argument_group("guard rails")
+    g.add_argument(
+        "--kind", choices=("cpu", "gpu"), default="cpu", help="what Triton's instances run on (default: %(default)s)"
+    )
     g.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="CPU cores Triton may use")
+    g.add_argument(
+        "--gpu-memory-per-instance-mb",
+        type=float,
+        default=0.0,
+        help="gpu: GPU memory one more instance takes; 0 estimates it with NVML at start (default: %(default)s)",
+    )
     g.add_argument("--max-instances", type=int, default=4, help="(default: %(default)s)")
     g.add_argument("--upscale-delay-s", type=float, default=4.0, help="(default: %(default)s)")
     g.add_argument("--downscale-delay-s", type=float, default=20.0, help="(default: %(default)s)")
@@ -61,6 +76,8 @@ def context_from_manifest(
     cores: int,
     max_instances: int,
     max_batch_size: int,
+    kind: str = "cpu",
+    gpu_memory_per_instance_bytes: float = 0.0,
 ) -> Context:
     manifest = read_manifest(repository)
     variants = {
@@ -71,7 +88,13 @@ def context_from_manifest(
     if not variants:
         raise ConfigError(f"the manifest in {repository} lists none of the public model's variants; rebuild")
     return Context(
-        objective=objective, variants=variants, cores=cores, max_instances=max_instances, max_batch_size=max_batch_size
+        objective=objective,
+        variants=variants,
+        cores=cores,
+        kind=kind,
+        max_instances=max_instances,
+        max_batch_size=max_batch_size,
+        gpu_memory_per_instance_bytes=gpu_memory_per_instance_bytes,
     )
 
 
@@ -80,7 +103,7 @@ def validate(args: argparse.Namespace) -> None:
         raise ConfigError(f"--interval-s must be > 0, got {args.interval_s}")
     if args.cores < 1 or args.max_instances < 1:
         raise ConfigError("--cores and --max-instances must be at least 1")
-    for name in ("upscale_delay_s", "downscale_delay_s", "cooldown_s", "duration_s"):
+    for name in ("upscale_delay_s", "downscale_delay_s", "cooldown_s", "duration_s", "gpu_memory_per_instance_mb"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
 
@@ -91,7 +114,14 @@ def build(args: argparse.Namespace) -> Orchestrator:
     client = InferenceClient(args.url, "grpc", timeout_s=120, admin_key=admin_key(args.admin_key_file))
     config = client.model_config(args.model)
     ctx = context_from_manifest(
-        args.repository, variant_versions(config), objective, args.cores, args.max_instances, config.max_batch_size
+        args.repository,
+        variant_versions(config),
+        objective,
+        args.cores,
+        args.max_instances,
+        config.max_batch_size,
+        kind=args.kind,
+        gpu_memory_per_instance_bytes=gpu_memory_per_instance_bytes(args, config.instance_count),
     )
     guards = GuardConfig(
         upscale_delay_s=args.upscale_delay_s, downscale_delay_s=args.downscale_delay_s, cooldown_s=args.cooldown_s
@@ -102,9 +132,30 @@ def build(args: argparse.Namespace) -> Orchestrator:
         interval_s=args.interval_s,
         decision_log=args.decision_log,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         controller=ControllerConfig(guards=guards),
     )
     return Orchestrator(Applier(client, args.model), ctx, options)
+
+
+def gpu_memory_per_instance_bytes(args: argparse.Namespace, instances: int) -> float:
+    """The GPU guard's per-instance memory: given, else estimated once from NVML; 0 (no memory bound) on the CPU or
+    when NVML cannot tell, which is said once at start."""
+    if args.kind != "gpu":
+        return 0.0
+    if args.gpu_memory_per_instance_mb:
+        return args.gpu_memory_per_instance_mb * 1e6
+    readings, reason = read_gpus()
+    estimate = guard_inputs(readings, instances).gpu_memory_per_instance_bytes if readings else None
+    if estimate is None:
+        why = reason if readings is None else "NVML shows no server memory"
+        print(
+            f"warning: no GPU memory estimate per instance ({why}); instances are bounded by --max-instances only: "
+            "pass --gpu-memory-per-instance-mb",
+            flush=True,
+        )
+        return 0.0
+    return estimate
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"orchestrating {args.model} at {args.url}: p99 ≤ {args.slo_p99_ms:g} ms, top-1 ≥ {args.accuracy_floor}; "
         f"decisions → {args.decision_log}"
-        + (f", metrics on 127.0.0.1:{args.metrics_port}" if args.metrics_port else ""),
+        + (f", metrics on {args.metrics_host}:{args.metrics_port}" if args.metrics_port else ""),
         flush=True,
     )
     orch.run(args.duration_s or None)

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from orchestrator.apply import Applier
 from orchestrator.metrics import Snapshot, Window, parse_metrics, window
+from orchestrator.nvml import NvmlReader, guard_inputs
 from orchestrator.policy import (
     Context,
     ControllerConfig,
@@ -97,6 +98,7 @@ class LoopOptions:
     metrics_port: int = 0  # 0: do not serve the orchestrator's own metrics
     metrics_host: str = "127.0.0.1"
     controller: ControllerConfig = field(default_factory=ControllerConfig)
+    server_pids: tuple[int, ...] | None = None  # gpu: the tritonserver process(es), for NVML's per-process memory
 
 
 class Orchestrator:
@@ -125,6 +127,11 @@ class Orchestrator:
         self._stop = threading.Event()
         if options.metrics_port:
             start_http_server(options.metrics_port, addr=options.metrics_host, registry=self.metrics.registry)
+        self._nvml: NvmlReader | None = None
+        if ctx.kind == "gpu":
+            self._nvml, reason = NvmlReader.open()
+            if self._nvml is None:
+                self.log("nvml-unavailable", reason=reason)
 
     # -- logging ---------------------------------------------------------------------------------------------------
     def log(self, event: str, **fields: Any) -> dict[str, Any]:
@@ -176,6 +183,7 @@ class Orchestrator:
         if prev is None:
             return None
         w = window(prev, snap, self.options.model)
+        w = self._with_nvml(w, now)
         if w.model_missing or w.restarted:
             self._suspect_restart = True
         elif self._suspect_restart:
@@ -197,6 +205,26 @@ class Orchestrator:
         if decision.changes:
             self._act(decision, w, now)
         return decision
+
+    def _with_nvml(self, w: Window, now: float) -> Window:
+        """GPU: the tighter of Triton's and NVML's free memory; the per-instance estimate refreshed while settled."""
+        if self._nvml is None or self.current is None:
+            return w
+        try:
+            est = guard_inputs(self._nvml.read(self.options.server_pids), self.current.instances)
+        except (self._nvml._nvml.NVMLError, ValueError) as exc:
+            self.log("nvml-read-failed", error=str(exc))
+            return w
+        free = [x for x in (w.gpu_memory_free_bytes, est.gpu_memory_free_bytes) if x is not None]
+        w = replace(w, gpu_memory_free_bytes=min(free) if free else None)
+        last = self.state.guard.last_action_s
+        settled = self.state.pending is None and (
+            last is None or now - last >= self.options.controller.guards.cooldown_s
+        )
+        # During a reload Triton holds both copies: memory ÷ instances would read high, so only settled readings count.
+        if est.gpu_memory_per_instance_bytes is not None and settled:
+            self.ctx = replace(self.ctx, gpu_memory_per_instance_bytes=est.gpu_memory_per_instance_bytes)
+        return w
 
     def _observe(self, w: Window) -> None:
         if w.requests:
@@ -256,6 +284,7 @@ class Orchestrator:
                 self.log("tick-error", error=f"{type(exc).__name__}: {exc}", retry_in_s=self.backoff_s)
             wait = self.backoff_s or self.options.interval_s
             self._stop.wait(max(0.0, wait - (self.clock() - started)))
+        self.close()
         self.log(
             "stop",
             actions=self.state.actions,
@@ -266,3 +295,8 @@ class Orchestrator:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def close(self) -> None:
+        if self._nvml is not None:
+            self._nvml.close()
+            self._nvml = None

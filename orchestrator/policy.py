@@ -522,6 +522,11 @@ def judge(before: Window, after: Window, p: Pending, ctx: Context, cfg: Controll
     more = saturated and after.throughput_infer_per_s > before.throughput_infer_per_s * (1 + tol / 2)
     less = saturated and after.throughput_infer_per_s < before.throughput_infer_per_s * (1 - tol)
     draining = before.pending_requests > 0 and after.pending_requests < before.pending_requests * 0.8
+    still_backlogged = after.pending_requests > 4 * max(p.after.instances, 1)
+    if saturated and still_backlogged and not draining:
+        # Offered load above both configs' capacity: latency only says how long the backlog has grown, so the
+        # service rate alone tells the configs apart.
+        return "better" if more else "worse" if less else "same"
     faster = after.avg_latency_ms < before.avg_latency_ms * (1 - tol)
     slower = after.avg_latency_ms > before.avg_latency_ms * (1 + tol)
     if (

@@ -20,7 +20,19 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "train, prune, distil, quantize and export the CNN variants into a Triton model repository",
         "builders.cli",
     ),
+    "demo": (
+        "the main job in one command: build if needed, serve, sweep, orchestrate under a Locust step load, report",
+        "tritune.demo",
+    ),
+    "loadtest": (
+        "drive a running Triton with Locust (HTTP/gRPC users, load shapes) into a run folder with a report",
+        "loadtest.cli",
+    ),
     "orchestrate": ("retune batching, instances and the served variant live against a p99 SLO", "orchestrator.cli"),
+    "sweep": (
+        "offline search of instances × queue delays × batch sizes × variants × concurrency against a p99 SLO",
+        "loadtest.sweep_cli",
+    ),
     "serve": (
         "run a local Triton on the model repository (127.0.0.1, admin API restricted by a key)",
         "tritune.serve_cli",

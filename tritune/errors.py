@@ -36,6 +36,10 @@ class TargetUnavailableError(BuildError):
     """A compile target's toolchain (e.g. TensorRT) is not installed here."""
 
 
+class PlanMismatchError(BuildError):
+    """A TensorRT plan was built for another TensorRT release or GPU than the one that would serve it."""
+
+
 class RepositoryError(TrituneError):
     """The Triton model repository cannot be read or written."""
 
@@ -62,3 +66,7 @@ class RequestTimeoutError(InferenceError):
 
 class AdminError(TrituneError):
     """A model-repository (load/unload) call was refused or failed."""
+
+
+class LoadTestError(TrituneError):
+    """The load generator could not run or gave no result (Locust missing or crashed, workers never connected)."""

@@ -1,24 +1,33 @@
 """Compile targets: how a variant's ONNX becomes a servable Triton model.
 
 A target turns one :class:`VariantArtifact` into a model folder (artifacts + ``config.pbtxt``). ``cpu`` serves the
-ONNX through the Python backend and ONNX Runtime. A GPU target (TensorRT plans, ``tensorrt_plan`` platform) plugs in
-here by registering another :class:`Target`; nothing else in the builders changes.
+ONNX through the Python backend and ONNX Runtime; ``gpu`` builds TensorRT plans (``tensorrt_plan`` platform) with one
+of its ``compilers``.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from builders.targets.base import CompiledModel, Target, VariantArtifact
 from builders.targets.cpu import CpuTarget
+from builders.targets.tensorrt import TensorRTTarget
 from tritune.errors import BuildError
 
-TARGETS: dict[str, type[Target]] = {"cpu": CpuTarget}
+TARGETS: dict[str, type[Target]] = {"cpu": CpuTarget, "gpu": TensorRTTarget}
 
 
-def get_target(name: str) -> Target:
+def get_target(name: str, compiler: str | None = None, cache_dir: Path | None = None) -> Target:
+    """The target, checked to be usable here. ``compiler`` (and ``cache_dir``) apply to targets with ``compilers``."""
     try:
-        target = TARGETS[name]()
+        cls = TARGETS[name]
     except KeyError:
         raise BuildError(f"unknown target {name!r}; available here: {', '.join(sorted(TARGETS))}") from None
+    compilers: tuple[str, ...] = getattr(cls, "compilers", ())
+    if compiler and compiler not in compilers:
+        choice = f"choose from {', '.join(compilers)}" if compilers else "leave --compiler out"
+        raise BuildError(f"--compiler {compiler} does not apply to --target {name}; {choice}")
+    target = cls(compiler=compiler or compilers[0], cache_dir=cache_dir) if compilers else cls()
     target.check_available()
     return target
 

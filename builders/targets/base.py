@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from tritune.model_config import ModelConfig
 
@@ -15,6 +15,9 @@ class VariantArtifact:
     variant: str
     precision: str
     onnx_path: Path
+    # The PyTorch module the ONNX came from, for compilers that start from PyTorch (torch-tensorrt); None when only
+    # the ONNX is at hand. The ONNX file is the artifact, so the module takes no part in equality.
+    module: Any = field(default=None, compare=False, repr=False)
 
     @property
     def sha256(self) -> str:

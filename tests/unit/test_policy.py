@@ -301,3 +301,21 @@ def test_policy_never_proposes_a_variant_below_the_floor():
 def test_invalid_objective_is_a_one_line_error(make, message):
     with pytest.raises(ConfigError, match=message):
         make()
+
+
+def test_overload_beyond_both_configs_judges_by_service_rate_not_by_the_growing_backlog():
+    """800 req/s offered, 550/s served before and 610/s after enabling batching: the backlog (and so latency)
+    still grows after the action, but the action raised the service rate and must be kept."""
+    sim = Sim(ctx())
+    latency = [200.0]
+
+    def swamped(t, instances=1, config=DEFAULT, **kw):
+        latency[0] *= 1.3  # the queue keeps growing whatever the config
+        rate = 610.0 if config.dynamic_batching else 550.0
+        return win(t, latency_ms=latency[0], util=0.99, rate=rate, instances=instances, pending_requests=400, **kw)
+
+    swamped.needs_config = True
+    sim.run(24, swamped)
+    assert sim.log[0][2] == "enable-dynamic-batching"
+    assert "rollback" not in [a for _, a, _ in sim.log]
+    assert sim.config.dynamic_batching

@@ -1,0 +1,172 @@
+"""Shared parts of the orchestrator benchmarks (goodput, adaptation, reconfig): a fresh Triton, static configs under
+open-loop load, the orchestrator under open-loop load, rate search, medians. Everything prints JSON in the callers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from builders.data import load_dataset
+from builders.repository import read_manifest
+from loadtest.openloop import LoadResult, OpenLoopLoad, RateFn, constant
+from orchestrator.apply import Applier
+from orchestrator.loop import LoopOptions, Orchestrator
+from orchestrator.policy import Context, ControllerConfig, GuardConfig, Objective, ServingConfig, VariantInfo
+from tritune.client import InferenceClient
+from tritune.server import ServerOptions, TritonServer
+
+KEY = "bench-key"
+WINDOW_S = 5.0
+# The controller as the benchmarks run it (and as README reports): a 1-s tick, quick up, slow down.
+BENCH_CONTROLLER = ControllerConfig(guards=GuardConfig(upscale_delay_s=2, downscale_delay_s=30, cooldown_s=5))
+
+
+@dataclass
+class Bench:
+    repository: Path
+    runs_dir: Path
+    slo_ms: float
+    floor: float
+    interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.manifest = read_manifest(self.repository)
+        data = load_dataset(self.manifest["dataset"]["name"], self.manifest["options"].get("data_dir", "data"))
+        self.images, self.labels = data.x_test, data.y_test
+        variants = {
+            n: VariantInfo(n, v["model_name"], v["top1"], v["latency_ms"]["batch_32"])
+            for n, v in self.manifest["variants"].items()
+        }
+        self.ctx = Context(objective=Objective(self.slo_ms, self.floor), variants=variants, cores=os.cpu_count() or 1)
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self._n = 0
+
+    def server(self, tag: str) -> TritonServer:
+        self._n += 1
+        return TritonServer(
+            ServerOptions(
+                repository=self.repository,
+                models=("cnn",),
+                admin_key=KEY,
+                log_path=self.runs_dir / f"triton-{self._n:03d}-{tag}.log",
+                cache_dir=self.runs_dir / "cache",
+            )
+        )
+
+    def applier(self, server: TritonServer) -> Applier:
+        return Applier(InferenceClient(server.grpc_url, "grpc", admin_key=KEY, timeout_s=120), "cnn")
+
+    def load(self, server: TritonServer, seconds: float, rate: RateFn) -> LoadResult:
+        return OpenLoopLoad(server.grpc_url, "cnn", self.images, self.labels).run(seconds, rate)
+
+    def settle(self, server: TritonServer, seconds: float = 3.0) -> None:
+        """A trickle of requests until any backlog is gone, so the next phase starts from an empty queue."""
+        OpenLoopLoad(server.grpc_url, "cnn", self.images).run(seconds, constant(2))
+
+    def set_config(self, server: TritonServer, config: ServingConfig) -> float:
+        applier = self.applier(server)
+        if applier.current()[1] == config:
+            return 0.0
+        result = applier.apply(config)
+        if not result.ok:
+            raise RuntimeError(f"could not apply {config.describe()}: {result.error}")
+        return result.seconds
+
+    def orchestrated(
+        self, server: TritonServer, seconds: float, rate: RateFn, log: Path | None = None
+    ) -> tuple[LoadResult, Orchestrator]:
+        orch = Orchestrator(
+            self.applier(server),
+            self.ctx,
+            LoopOptions(
+                model="cnn",
+                metrics_url=server.metrics_url,
+                interval_s=self.interval_s,
+                decision_log=log,
+                controller=BENCH_CONTROLLER,
+            ),
+        )
+        loop = threading.Thread(target=orch.run, args=(seconds + 10,), daemon=True)
+        loop.start()
+        try:
+            result = self.load(server, seconds, rate)
+        finally:
+            orch.stop()
+            loop.join(timeout=60)
+        return result, orch
+
+
+def meets_slo(result: LoadResult, slo_ms: float, skip_s: float) -> tuple[bool, dict]:
+    s = result.summary(slo_ms, skip_s=skip_s)
+    ok = s["failed"] == 0 and s["p99_ms"] is not None and s["p99_ms"] <= slo_ms
+    return ok, s
+
+
+def rate_search(probe, start: float, max_rate: float = 4000.0, bisect_steps: int = 3) -> tuple[float, list[dict]]:
+    """Highest rate at which ``probe(rate) -> (ok, info)`` holds: double from ``start`` until it fails, then bisect.
+
+    Returns 0 if even ``start`` fails (after halving twice).
+    """
+    trail: list[dict] = []
+
+    def check(rate: float) -> bool:
+        ok, info = probe(rate)
+        trail.append({"rate_per_s": round(rate, 1), "ok": ok, **info})
+        return ok
+
+    lo, hi = 0.0, None
+    rate = start
+    for _ in range(3):  # find a passing rate
+        if check(rate):
+            lo = rate
+            break
+        hi = rate
+        rate /= 2
+    if lo == 0.0:
+        return 0.0, trail
+    if hi is None:
+        rate = lo * 2
+        while rate <= max_rate:
+            if check(rate):
+                lo, rate = rate, rate * 2
+            else:
+                hi = rate
+                break
+        if hi is None:
+            return lo, trail
+    for _ in range(bisect_steps):
+        mid = (lo + hi) / 2
+        if check(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo, trail
+
+
+def converged_after_s(windows: list[dict]) -> float | None:
+    """Start of the first window from which every window met the SLO."""
+    for i, w in enumerate(windows):
+        if all(x["slo_met"] for x in windows[i:]):
+            return w["start_s"]
+    return None
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+@contextlib.contextmanager
+def timed():
+    t = {"start": time.monotonic()}
+    yield t
+    t["seconds"] = round(time.monotonic() - t["start"], 1)

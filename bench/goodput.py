@@ -1,0 +1,212 @@
+"""Goodput: the highest open-loop request rate whose p99 stays within the SLO, for (a) Triton's default config,
+(b) the best static config an exhaustive sweep finds (the oracle) and (c) the orchestrator starting from the
+default. Same model, same machine, one process; prints JSON.
+
+    python bench/goodput.py [--repository model_repository] [--slo-ms 50] [--repeats 3]
+
+The oracle sweep runs once (closed-loop clients, every config of the space, the constraint p99 ≤ SLO); then each
+repeat searches rates for (a), (b), (c) on fresh Tritons. Static probes: ``--probe-s`` of constant open-loop load
+on the config, p99 over all but the first 3 s. Orchestrator probes: the default config, the orchestrator on, the
+rate held ``--converge-s`` + ``--measure-s``; the rate passes when the last ``--measure-s`` meet the SLO with no
+failure. The orchestrator's search starts at the oracle's rate (it cannot be expected to beat it by much) and steps
+down by 10%; one step up is tried when the oracle's rate passes. Reported: rates per arm (median of repeats), the
+ratios b/a, c/a, c/b, and the orchestrator's seconds to converge at its highest passing rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import Bench, converged_after_s, median, meets_slo, rate_search, timed
+from loadtest.measure import StabilityRule
+from loadtest.openloop import constant
+from loadtest.sweep import SweepGenerator, SweepSpace, run_sweep
+from orchestrator.policy import ServingConfig
+
+
+def oracle_sweep(bench: Bench, args) -> dict:
+    variants = tuple(v for v, info in bench.ctx.variants.items() if info.top1 >= bench.floor)
+    space = SweepSpace(
+        variants=variants,
+        instances=(1, 2),
+        queue_delays_us=(None, 1000, 4000),
+        preferred_batch_sizes=((),),
+        concurrency=(4, 16, 64),
+    )
+    with bench.server("sweep") as server:
+        applier = bench.applier(server)
+        gen = SweepGenerator(space, applier.current()[1], bench.slo_ms)
+        return run_sweep(
+            gen,
+            applier,
+            server.grpc_url,
+            "cnn",
+            bench.images,
+            bench.labels,
+            rule=StabilityRule(window_s=2.0, max_windows=6),
+            progress=lambda m: print(m, file=sys.stderr, flush=True),
+        )
+
+
+def config_from(d: dict) -> ServingConfig:
+    return ServingConfig(
+        variant=d["variant"],
+        instances=d["instances"],
+        threads=d.get("threads", 0),
+        dynamic_batching=d["dynamic_batching"],
+        max_queue_delay_us=d["max_queue_delay_us"],
+        preferred_batch_sizes=tuple(d["preferred_batch_sizes"]),
+    )
+
+
+def static_max_rate(bench: Bench, config: ServingConfig | None, args, tag: str) -> tuple[float, list[dict]]:
+    with bench.server(tag) as server:
+        if config is not None:
+            bench.set_config(server, config)
+
+        def probe(rate: float):
+            bench.settle(server)
+            ok, s = meets_slo(bench.load(server, args.probe_s, constant(rate)), bench.slo_ms, skip_s=3.0)
+            print(f"  {tag}: {rate:7.1f} req/s → p99 {s['p99_ms']} ms {'ok' if ok else 'FAIL'}", file=sys.stderr)
+            return ok, {"p99_ms": s["p99_ms"], "failed": s["failed"], "throughput_per_s": s["throughput_per_s"]}
+
+        return rate_search(probe, args.start_rate)
+
+
+def orchestrated_probe(bench: Bench, rate: float, args, tag: str) -> tuple[bool, dict]:
+    with bench.server(tag) as server:
+        total = args.converge_s + args.measure_s
+        result, orch = bench.orchestrated(server, total, constant(rate))
+        ok, s = meets_slo(result, bench.slo_ms, skip_s=args.converge_s)
+        windows = result.windows(5.0, bench.slo_ms)
+        info = {
+            "p99_ms_last": s["p99_ms"],
+            "failed": len(result.failures),
+            "converged_after_s": converged_after_s(windows),
+            "actions": [r["rule"] for r in orch.history if r["event"] == "action"],
+            "rollbacks": orch.state.rollbacks,
+            "final_config": orch.current.describe() if orch.current else None,
+        }
+        ok = ok and info["failed"] == 0
+        print(
+            f"  {tag}: {rate:7.1f} req/s → last {args.measure_s:g} s p99 {s['p99_ms']} ms {'ok' if ok else 'FAIL'}; "
+            f"actions {info['actions']}",
+            file=sys.stderr,
+        )
+        return ok, info
+
+
+def orchestrator_max_rate(bench: Bench, oracle_rate: float, args, tag: str) -> tuple[float, list[dict]]:
+    trail = []
+    rate = oracle_rate
+    best = 0.0
+    for _ in range(args.max_orchestrator_probes):
+        ok, info = orchestrated_probe(bench, rate, args, tag)
+        trail.append({"rate_per_s": round(rate, 1), "ok": ok, **info})
+        if ok:
+            best = rate
+            if rate >= oracle_rate and len(trail) == 1:  # passed at the oracle's rate: try one step up
+                rate *= 1.1
+                continue
+            break
+        if best:  # the step up failed: the oracle's rate stands
+            break
+        rate *= 0.9
+    return best, trail
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repository", type=Path, default=Path("model_repository"))
+    ap.add_argument("--slo-ms", type=float, default=50.0)
+    ap.add_argument("--accuracy-floor", type=float, default=-1, help="-1: one top-1 point below fp32")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--probe-s", type=float, default=12.0)
+    ap.add_argument("--start-rate", type=float, default=200.0)
+    ap.add_argument("--converge-s", type=float, default=60.0)
+    ap.add_argument("--measure-s", type=float, default=20.0)
+    ap.add_argument("--max-orchestrator-probes", type=int, default=5)
+    ap.add_argument("--runs-dir", type=Path, default=Path("runs/bench-goodput"))
+    ap.add_argument("--oracle", type=Path, default=None, help="reuse a sweep.json instead of sweeping again")
+    args = ap.parse_args()
+
+    bench = Bench(args.repository, args.runs_dir, args.slo_ms, 0.0)
+    if args.accuracy_floor < 0:
+        args.accuracy_floor = max(0.0, bench.manifest["variants"]["fp32"]["top1"] - 0.01)
+    bench = Bench(args.repository, args.runs_dir, args.slo_ms, args.accuracy_floor)
+    with timed() as t_sweep:
+        sweep = json.loads(args.oracle.read_text()) if args.oracle else oracle_sweep(bench, args)
+    (args.runs_dir / "sweep.json").write_text(json.dumps(sweep, indent=1))
+    if not sweep["best"]:
+        print(json.dumps({"error": "no config met the SLO in the sweep"}))
+        return 1
+    oracle = replace(config_from(sweep["best"]["config"]), threads=0)
+    print(f"oracle: {oracle.describe()}", file=sys.stderr)
+
+    runs = []
+    for i in range(args.repeats):
+        with timed() as t:
+            a, a_trail = static_max_rate(bench, None, args, f"r{i}-default")
+            b, b_trail = static_max_rate(bench, oracle, args, f"r{i}-oracle")
+            c, c_trail = orchestrator_max_rate(bench, b, args, f"r{i}-orchestrator")
+        passing = [p for p in c_trail if p["ok"] and p["rate_per_s"] == round(c, 1)]
+        runs.append(
+            {
+                "default_max_rate_per_s": round(a, 1),
+                "oracle_max_rate_per_s": round(b, 1),
+                "orchestrator_max_rate_per_s": round(c, 1),
+                "orchestrator_converged_after_s": passing[0]["converged_after_s"] if passing else None,
+                "orchestrator_actions": passing[0]["actions"] if passing else None,
+                "orchestrator_final_config": passing[0]["final_config"] if passing else None,
+                "trails": {"default": a_trail, "oracle": b_trail, "orchestrator": c_trail},
+                "seconds": t.get("seconds"),
+            }
+        )
+    a = median([r["default_max_rate_per_s"] for r in runs])
+    b = median([r["oracle_max_rate_per_s"] for r in runs])
+    c = median([r["orchestrator_max_rate_per_s"] for r in runs])
+    conv = median([r["orchestrator_converged_after_s"] for r in runs])
+    out = {
+        "benchmark": "goodput",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
+        "slo_p99_ms": args.slo_ms,
+        "accuracy_floor": round(args.accuracy_floor, 4),
+        "repeats": args.repeats,
+        "oracle_config": oracle.describe(),
+        "oracle_sweep": {
+            "points": len(sweep["points"]),
+            "seconds": t_sweep.get("seconds"),
+            "best": sweep["best"],
+            "baseline_best": sweep["baseline_best"],
+        },
+        "median": {
+            "a_default_max_rate_per_s": a,
+            "b_oracle_max_rate_per_s": b,
+            "c_orchestrator_max_rate_per_s": c,
+            "b_over_a": round(b / a, 2) if a else None,
+            "c_over_a": round(c / a, 2) if a else None,
+            "c_over_b": round(c / b, 2) if b else None,
+            "orchestrator_converged_after_s": conv,
+        },
+        "goals": {
+            "c_over_a_ge_2": bool(a and c / a >= 2.0),
+            "c_over_b_ge_0.95": bool(b and c / b >= 0.95),
+            "converged_within_60_s": conv is not None and conv <= 60,
+        },
+        "runs": runs,
+    }
+    print(json.dumps(out, indent=2))
+    (args.runs_dir / "goodput.json").write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""``tritune sweep``: offline search of serving configs against a p99 SLO; frontier and best config as JSON + plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from builders.repository import read_manifest
+from loadtest.measure import StabilityRule
+from loadtest.report import write_report
+from loadtest.run import new_run_dir
+from loadtest.sweep import SweepGenerator, SweepSpace, run_sweep, write_sweep
+from orchestrator.apply import Applier
+from tritune.client import InferenceClient, variant_versions
+from tritune.errors import ConfigError
+from tritune.server import ServerOptions, TritonServer, admin_key
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--{name} takes comma-separated integers, got {text!r}") from None
+
+
+def parse_delays(text: str) -> tuple[int | None, ...]:
+    out = []
+    for part in (x.strip().lower() for x in text.split(",") if x.strip()):
+        if part in ("off", "none"):
+            out.append(None)
+        else:
+            try:
+                out.append(int(part))
+            except ValueError:
+                raise ConfigError(f"--queue-delays-us: {part!r} is neither 'off' nor microseconds") from None
+    return tuple(out)
+
+
+def parse_preferred(text: str) -> tuple[tuple[int, ...], ...]:
+    """``none,4/8,16``: no preferred size; sizes 4 and 8; size 16."""
+    out = []
+    for part in (x.strip().lower() for x in text.split(",") if x.strip()):
+        if part in ("none", "-"):
+            out.append(())
+        else:
+            try:
+                out.append(tuple(int(s) for s in part.split("/")))
+            except ValueError:
+                raise ConfigError(f"--preferred-batch-sizes: {part!r} is not 'none' or sizes like 4/8") from None
+    return tuple(out)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("target")
+    g.add_argument("--repository", type=Path, default=Path("model_repository"), help="(default: %(default)s)")
+    g.add_argument("--url", default="", help="gRPC host:port of a running Triton; empty starts a private one (default)")
+    g.add_argument("--model", default="cnn", help="public model to sweep (default: %(default)s)")
+    g.add_argument("--admin-key-file", type=Path, default=Path(".cache/tritune/admin.key"), help="for --url")
+    g = p.add_argument_group("objective")
+    g.add_argument("--slo-p99-ms", type=float, default=50.0, help="(default: %(default)s)")
+    g.add_argument("--accuracy-floor", type=float, default=0.0, help="variants below this top-1 are skipped")
+    g = p.add_argument_group("space")
+    g.add_argument("--variants", default="", help="comma-separated (default: every variant above the floor)")
+    g.add_argument("--instances", default="1,2", help="(default: %(default)s)")
+    g.add_argument("--queue-delays-us", default="off,1000,4000", help="'off' disables dynamic batching")
+    g.add_argument("--preferred-batch-sizes", default="none", help="e.g. none,4/8,16 (default: %(default)s)")
+    g.add_argument("--concurrency", default="1,4,16", help="client concurrency levels (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=1, help="images per request (default: %(default)s)")
+    g = p.add_argument_group("measurement")
+    g.add_argument("--window-s", type=float, default=2.0, help="(default: %(default)s)")
+    g.add_argument("--stable-windows", type=int, default=3, help="windows within tolerance (default: 3)")
+    g.add_argument("--tolerance", type=float, default=0.10, help="(default: %(default)s)")
+    g.add_argument("--max-windows", type=int, default=10, help="give up on stability after (default: 10)")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", type=Path, default=Path("runs"), help="(default: %(default)s)")
+    g.add_argument("--run-name", default="", help="(default: sweep-<UTC time>)")
+
+
+def space_from_args(args: argparse.Namespace, available: dict[str, float]) -> SweepSpace:
+    if args.variants:
+        variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+        unknown = [v for v in variants if v not in available]
+        if unknown:
+            raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; the model has {', '.join(available)}")
+    else:
+        variants = tuple(v for v in available if available[v] >= args.accuracy_floor)
+    below = [v for v in variants if available[v] < args.accuracy_floor]
+    if below:
+        raise ConfigError(f"variant(s) {', '.join(below)} are below --accuracy-floor {args.accuracy_floor}")
+    if not variants:
+        raise ConfigError(f"no variant reaches --accuracy-floor {args.accuracy_floor}; lower it")
+    return SweepSpace(
+        variants=variants,
+        instances=_ints(args.instances, "instances"),
+        queue_delays_us=parse_delays(args.queue_delays_us),
+        preferred_batch_sizes=parse_preferred(args.preferred_batch_sizes),
+        concurrency=_ints(args.concurrency, "concurrency"),
+    )
+
+
+def sweep(args: argparse.Namespace, run_dir: Path, should_stop=None, progress=print) -> dict:
+    """The sweep against ``args.url`` or a private Triton; writes ``sweep.json`` into ``run_dir``."""
+    rule = StabilityRule(args.window_s, args.stable_windows, args.tolerance, args.max_windows)
+    if rule.window_s <= 0 or rule.stable_windows < 1 or rule.max_windows < rule.stable_windows:
+        raise ConfigError("--window-s must be > 0 and --max-windows >= --stable-windows >= 1")
+    manifest = read_manifest(args.repository)
+    server = None
+    url = args.url
+    key = admin_key(args.admin_key_file)
+    if not url:
+        server = TritonServer(
+            ServerOptions(
+                repository=args.repository, models=(args.model,), admin_key=key, log_path=run_dir / "tritonserver.log"
+            )
+        ).start()
+        url = server.grpc_url
+    try:
+        client = InferenceClient(url, "grpc", timeout_s=120, admin_key=key)
+        config = client.model_config(args.model)
+        versions = variant_versions(config)
+        available = {v: float(manifest["variants"][v]["top1"]) for v in versions if v in manifest["variants"]}
+        space = space_from_args(args, available)
+        applier = Applier(client, args.model)
+        baseline = applier.current()[1]
+        gen = SweepGenerator(space, baseline, args.slo_p99_ms)
+        progress(
+            f"sweep: up to {space.size} points (+ baseline) on {url}, SLO p99 ≤ {args.slo_p99_ms:g} ms; "
+            f"baseline first: {baseline.describe()}"
+        )
+        from builders.data import load_dataset
+
+        ds_name = manifest.get("dataset", {}).get("name", "auto")
+        data = load_dataset(ds_name if ds_name in ("cifar10", "digits") else "auto")
+        result = run_sweep(
+            gen,
+            applier,
+            url,
+            args.model,
+            data.x_test.astype(np.float32),
+            data.y_test,
+            args.batch_size,
+            rule,
+            progress=progress,
+            should_stop=should_stop,
+        )
+        result["measured_on"] = url
+        result["batch_size"] = args.batch_size
+        write_sweep(result, run_dir / "sweep.json")
+        return result
+    finally:
+        if server:
+            server.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dir = new_run_dir(args.out, "sweep", args.run_name)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        result = sweep(args, run_dir, should_stop=lambda: stop["now"])
+    except KeyboardInterrupt:
+        print("interrupted: the sweep stopped; the served config was restored", file=sys.stderr)
+        return 130
+    report = write_report(
+        run_dir, f"tritune sweep: {args.model}", slo_p99_ms=args.slo_p99_ms, repository=args.repository, sweep=result
+    )
+    best = result["best"]
+    if best:
+        print(
+            f"best within SLO: {json.dumps(best['config'])} at concurrency {best['concurrency']}: "
+            f"{best['measurement']['throughput_infer_per_s']} infer/s, p99 {best['measurement']['p99_ms']} ms"
+            + (
+                f" ({result['best_vs_baseline_throughput']}× the baseline)"
+                if result["best_vs_baseline_throughput"]
+                else ""
+            )
+        )
+    else:
+        print(f"no point met p99 ≤ {args.slo_p99_ms:g} ms; raise the SLO or lower the concurrency levels")
+    print(f"frontier: {len(result['frontier'])} points; sweep.json and report: {run_dir}\nreport: {report}")
+    return 0 if best else 1

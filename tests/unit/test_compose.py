@@ -1,0 +1,275 @@
+"""docker-compose.yml without a Docker engine: the compose-spec schema (check-jsonschema), then what the schema
+cannot know: GPU reservations, health checks and start order, what is published and what stays restricted, image
+pins from one place, and a Grafana dashboard that asks only for metrics that exist."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from orchestrator.loop import OrchestratorMetrics
+from tritune.server import ADMIN_HEADER, ServerOptions, TritonServer
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+ENV_FILE = ROOT / ".env"
+DOCKER = ROOT / "docker"
+GPU_SERVICES = {"builder", "triton", "orchestrator"}
+CPU_SERVICES = {"builder-cpu", "triton-cpu", "orchestrator-cpu"}
+SHARED_SERVICES = {"locust", "locust-worker", "prometheus", "grafana"}
+TRITONS = ("triton", "triton-cpu")
+_VAR = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
+
+
+def read_env(path: Path = ENV_FILE) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line.strip() and not line.startswith("#"))
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error}; ``$$`` stays for the container's shell."""
+
+    def one(m: re.Match) -> str:
+        name, op, arg = m.groups()
+        if env.get(name):
+            return env[name]
+        if op == "?":
+            raise AssertionError(f"{name} is unset: {arg}")
+        return arg or ""
+
+    parts = text.split("$$")
+    return "$$".join(_VAR.sub(one, p) for p in parts)
+
+
+@pytest.fixture(scope="module")
+def env() -> dict[str, str]:
+    return read_env()
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
+    return compose["services"]
+
+
+def command_text(service: dict) -> str:
+    cmd = service.get("command", "")
+    return " ".join(cmd) if isinstance(cmd, list) else cmd
+
+
+def test_valid_against_the_compose_spec():
+    exe = shutil.which("check-jsonschema")
+    if exe is None:
+        pytest.skip("check-jsonschema is not installed (pip install check-jsonschema)")
+    result = subprocess.run(
+        [exe, "--builtin-schema", "vendor.compose-spec", str(COMPOSE)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_profiles_give_one_stack_per_machine_kind(services):
+    assert set(services) == GPU_SERVICES | CPU_SERVICES | SHARED_SERVICES
+    for name in GPU_SERVICES:
+        assert services[name]["profiles"] == ["gpu"], name
+    for name in CPU_SERVICES:
+        assert services[name]["profiles"] == ["cpu"], name
+    for name in SHARED_SERVICES:
+        assert sorted(services[name]["profiles"]) == ["cpu", "gpu"], name
+    # the cpu profile answers to the same names, so clients and Prometheus need no profile of their own
+    assert "triton" in services["triton-cpu"]["networks"]["default"]["aliases"]
+    assert "orchestrator" in services["orchestrator-cpu"]["networks"]["default"]["aliases"]
+
+
+def test_gpu_services_reserve_an_nvidia_gpu_with_capabilities(services):
+    for name in ("builder", "triton", "orchestrator"):
+        [device] = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["count"] == 1 and "gpu" in device["capabilities"], name
+    for name in CPU_SERVICES | SHARED_SERVICES:
+        assert "deploy" not in services[name], f"{name} must run without a GPU"
+
+
+def test_triton_runtime_settings(services):
+    gpu = services["triton"]
+    assert gpu["ulimits"] == {"memlock": -1, "stack": 67108864} and gpu["shm_size"]
+    cmd = command_text(gpu)
+    assert "--model-control-mode=explicit" in cmd and "--model-repository=/srv/tritune/model_repository" in cmd
+    assert services["triton-cpu"]["shm_size"]
+
+
+def test_healthchecks_and_start_order(services):
+    for name in TRITONS:
+        test = " ".join(services[name]["healthcheck"]["test"])
+        assert "/v2/health/ready" in test and "127.0.0.1:8000" in test, name
+    assert services["triton"]["depends_on"] == {"builder": {"condition": "service_completed_successfully"}}
+    assert services["triton-cpu"]["depends_on"] == {"builder-cpu": {"condition": "service_completed_successfully"}}
+    assert services["orchestrator"]["depends_on"] == {"triton": {"condition": "service_healthy"}}
+    assert services["orchestrator-cpu"]["depends_on"] == {"triton-cpu": {"condition": "service_healthy"}}
+    assert services["locust-worker"]["depends_on"]["locust"]["condition"] == "service_started"
+
+
+def _published(service: dict, env: dict[str, str]) -> list[tuple[str, str, str]]:
+    return [tuple(interpolate(p, env).rsplit(":", 2)) for p in service.get("ports", [])]
+
+
+def test_only_inference_and_metrics_ports_published_on_localhost(services, env):
+    for name in TRITONS:
+        ports = _published(services[name], env)
+        assert sorted(container for _, _, container in ports) == ["8000", "8001", "8002"], name
+    for name, service in services.items():
+        for address, _, _ in _published(service, env):
+            assert address == "127.0.0.1", f"{name} publishes on {address}"
+        for port in service.get("ports", []):
+            assert port.startswith("${BIND_ADDRESS:-127.0.0.1}:"), f"{name}: {port} must default to localhost"
+    # the orchestrator's own metrics stay inside the network
+    for name in ("orchestrator", "orchestrator-cpu"):
+        assert "ports" not in services[name] and services[name]["expose"] == ["9100"]
+    assert "ports" not in services["locust-worker"] and "container_name" not in services["locust-worker"]
+
+
+def test_admin_api_is_restricted_by_the_key_on_both_protocols(services):
+    cmd = command_text(services["triton"])
+    key = "$${TRITUNE_ADMIN_KEY"
+    assert f"--http-restricted-api=model-repository:{ADMIN_HEADER}={key}" in cmd
+    assert f"--grpc-restricted-protocol=model-repository:{ADMIN_HEADER}={key}" in cmd
+    # the cpu profile's `tritune serve` adds the same flags from $TRITUNE_ADMIN_KEY
+    assert "tritune serve" in command_text(services["triton-cpu"])
+    served = TritonServer(ServerOptions(admin_key="k")).command(Path("tritonserver"), Path("backends"))
+    assert f"--http-restricted-api=model-repository:{ADMIN_HEADER}=k" in served
+    assert f"--grpc-restricted-protocol=model-repository:{ADMIN_HEADER}=k" in served
+
+
+def test_the_key_reaches_only_triton_and_the_orchestrator(services):
+    holders = {name for name, s in services.items() if "docker/secrets.env" in s.get("env_file", [])}
+    assert holders == {"triton", "triton-cpu", "orchestrator", "orchestrator-cpu"}
+    # never a value in the file (KEY=value or KEY: value); the commands leave "$${TRITUNE_ADMIN_KEY}" to the shell
+    text = COMPOSE.read_text()
+    assert re.search(r"TRITUNE_ADMIN_KEY(=|: )", text) is None
+    assert "${TRITUNE_ADMIN_KEY" not in text.replace("$${TRITUNE_ADMIN_KEY", "")
+    assert all("TRITUNE_ADMIN_KEY" not in s.get("environment", {}) for s in services.values())
+    example = read_env(DOCKER / "secrets.env.example")
+    assert example == {"TRITUNE_ADMIN_KEY": ""}
+    assert "docker/secrets.env" in (ROOT / ".dockerignore").read_text()
+
+
+def test_images_are_pinned_in_one_place(services, env):
+    text = COMPOSE.read_text()
+    for var in re.findall(r"\$\{(\w+(?:_TAG|_VERSION))", text):
+        assert var in env, f"{var} is not pinned in .env"
+        assert f"${{{var}:-" not in text, f"{var} must have no fallback version outside .env"
+    for name, service in services.items():
+        image = interpolate(service["image"], env)
+        repo, _, tag = image.rpartition(":")
+        assert repo and tag and "latest" not in tag, f"{name}: {image} is not pinned"
+    for dockerfile in DOCKER.glob("Dockerfile*"):
+        for line in dockerfile.read_text().splitlines():
+            if line.startswith("ARG ") and line.split()[1].endswith(("_TAG", "_VERSION")):
+                assert "=" not in line, f"{dockerfile.name}: {line} duplicates a version pinned in .env"
+
+
+def test_builder_and_triton_share_one_ngc_release(services, env):
+    assert re.fullmatch(r"\d{2}\.\d{2}", env["TRITON_IMAGE_TAG"])
+    assert services["triton"]["image"] == "nvcr.io/nvidia/tritonserver:${TRITON_IMAGE_TAG:?set it in .env}-py3"
+    assert services["builder"]["build"]["args"]["TRITON_IMAGE_TAG"].startswith("${TRITON_IMAGE_TAG")
+    assert "FROM nvcr.io/nvidia/pytorch:${TRITON_IMAGE_TAG}-py3" in (DOCKER / "Dockerfile.gpu-builder").read_text()
+    builder = services["builder"]
+    assert "tritune build --target gpu" in command_text(builder)
+    assert "python -m builders.check_plans" in command_text(builder)  # the plans' TensorRT vs the serving one
+    assert builder["environment"]["TRITUNE_SERVING_TENSORRT_VERSION"].startswith("${TRITON_TENSORRT_VERSION")
+
+
+def test_cpu_image_uses_the_cpu_torch_wheel(env):
+    dockerfile = (DOCKER / "Dockerfile.cpu").read_text()
+    assert "FROM python:${PYTHON_IMAGE_TAG}" in dockerfile and env["PYTHON_IMAGE_TAG"].startswith("3.11-slim")
+    assert '"torch==${TORCH_CPU_VERSION}" --index-url https://download.pytorch.org/whl/cpu' in dockerfile
+    assert "USER tritune" in dockerfile
+
+
+def test_locust_master_and_scalable_workers(services):
+    master, worker = command_text(services["locust"]), command_text(services["locust-worker"])
+    assert "-f loadtest/locustfile.py" in master and "--master" in master
+    assert "--host=http://triton:8000" in master and "--grpc-url=triton:8001" in master
+    assert "--worker" in worker and "--master-host=locust" in worker
+
+
+def test_orchestrator_commands(services):
+    for name, kind in (("orchestrator", "gpu"), ("orchestrator-cpu", "cpu")):
+        cmd = command_text(services[name])
+        assert cmd.startswith("tritune orchestrate") and f"--kind={kind}" in cmd
+        assert "--url=triton:8001" in cmd and "--metrics-url=http://triton:8002/metrics" in cmd
+        assert "--metrics-host=0.0.0.0" in cmd and "--metrics-port=9100" in cmd
+    # every option given exists in the orchestrator's parser
+    import argparse
+
+    from orchestrator.cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    parser.parse_args(services["orchestrator"]["command"][2:])
+
+
+def test_prometheus_scrapes_triton_and_the_orchestrator():
+    config = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
+    targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    assert targets == {"triton:8002", "orchestrator:9100"}
+
+
+# -- Grafana -----------------------------------------------------------------------------------------------------------
+def _dashboard() -> dict:
+    return json.loads((DOCKER / "grafana" / "dashboards" / "tritune.json").read_text())
+
+
+def _known_metrics() -> set[str]:
+    # Triton: names from real scrapes, plus the GPU metrics the orchestrator's parser reads.
+    known = set()
+    for capture in (ROOT / "tests" / "data").glob("triton_metrics_*.txt"):
+        known |= set(re.findall(r"^(nv_\w+)", capture.read_text(), re.M))
+    known |= set(re.findall(r'"(nv_gpu_\w+)"', (ROOT / "orchestrator" / "metrics.py").read_text()))
+    # The orchestrator: what its registry exports; labelled metrics have no samples before first use, so names
+    # come from the families (a counter is exported with the _total suffix).
+    registry = CollectorRegistry()
+    OrchestratorMetrics(registry)
+    known |= {f.name + "_total" if f.type == "counter" else f.name for f in registry.collect()}
+    return known
+
+
+def test_dashboard_parses_and_covers_the_stack():
+    dash = _dashboard()
+    titles = " | ".join(p["title"].lower() for p in dash["panels"])
+    for topic in ("throughput", "p99", "queue", "batch", "instances", "variant", "gpu utilization", "gpu memory",
+                  "actions"):  # fmt: skip
+        assert topic in titles, topic
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dash["panels"]:
+        assert panel["datasource"]["uid"] == "prometheus" and panel["targets"], panel["title"]
+
+
+def test_dashboard_asks_only_for_metrics_that_exist():
+    known = _known_metrics()
+    exprs = [t["expr"] for p in _dashboard()["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\b((?:nv|tritune)_\w+)", e)}
+    assert used - known == set()
+    for required in ("nv_inference_request_success", "nv_inference_queue_duration_us", "nv_inference_count",
+                     "nv_inference_exec_count", "nv_inference_request_summary_us", "nv_gpu_utilization",
+                     "nv_gpu_memory_used_bytes", "tritune_config_instances", "tritune_actions_total"):  # fmt: skip
+        assert required in used, required
+
+
+def test_grafana_provisioning_points_at_prometheus_and_the_dashboard(services):
+    ds = yaml.safe_load((DOCKER / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    [source] = ds["datasources"]
+    assert (source["uid"], source["url"]) == ("prometheus", "http://prometheus:9090")
+    boards = yaml.safe_load((DOCKER / "grafana" / "provisioning" / "dashboards" / "tritune.yml").read_text())
+    path = boards["providers"][0]["options"]["path"]
+    assert f"./docker/grafana/dashboards:{path}:ro" in services["grafana"]["volumes"]

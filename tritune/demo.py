@@ -1,0 +1,275 @@
+"""``tritune demo``: the main job in one command, on the embedded default (CPU, local Triton, bundled data).
+
+build (if the repository has no manifest) → serve → [sweep] → orchestrate under a Locust step load → report.
+
+Everything it starts (Triton and its stubs, Locust and its workers, the orchestrator) is stopped at the end, on
+an error and on Ctrl-C. The run folder keeps the Triton log, the decision log, Locust's CSV/HTML/JSON, the sweep
+and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from builders.build import BuildOptions
+from builders.repository import read_manifest
+from loadtest.report import write_report
+from loadtest.run import LoadTestOptions, new_run_dir, run_locust
+from tritune.errors import ConfigError, RepositoryError, ServerError
+from tritune.server import ServerOptions, TritonServer, admin_key
+
+# A small, fast build (about a minute on 2 cores) for CI and first looks; numbers from it are not the product's.
+QUICK_BUILD = BuildOptions(
+    dataset="digits",
+    subset=240,
+    epochs=2,
+    finetune_epochs=1,
+    distill_epochs=1,
+    calibration_size=32,
+    latency_runs=1,
+)
+FULL_SHAPE = "step:values=150/600/150,step_s=60"  # open loop, req/s: 1× → 4× → 1×
+QUICK_SHAPE = "step:values=100/500/100,step_s=15"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="tiny build, 45 s of load, no sweep (CI, first look)")
+    p.add_argument(
+        "--repository",
+        type=Path,
+        default=None,
+        help="model repository; built here if it has no manifest (default: model_repository, "
+        "or .cache/tritune/quick-repository with --quick)",
+    )
+    p.add_argument("--cache-dir", type=Path, default=Path(".cache/tritune"), help="(default: %(default)s)")
+    p.add_argument("--slo-p99-ms", type=float, default=50.0, help="p99 SLO the orchestrator keeps (default: 50)")
+    p.add_argument(
+        "--accuracy-floor",
+        type=float,
+        default=-1.0,
+        help="lowest top-1 a served variant may have; -1: one point below fp32 (default)",
+    )
+    p.add_argument("--shape", default="", help=f"open-loop load shape in req/s (default: {FULL_SHAPE})")
+    p.add_argument("--protocol", default="grpc", choices=("http", "grpc", "both"), help="(default: %(default)s)")
+    p.add_argument("--workers", type=int, default=0, help="Locust workers (0: one process) (default: 0)")
+    p.add_argument(
+        "--sweep",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run a small sweep first (default: on, off with --quick)",
+    )
+    p.add_argument("--interval-s", type=float, default=2.0, help="orchestrator tick (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("runs"), help="parent of the run folder (default: %(default)s)")
+
+
+def _interrupt(*_args) -> None:
+    raise KeyboardInterrupt  # SIGTERM gets the same orderly shutdown as Ctrl-C
+
+
+def _say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def ensure_repository(repository: Path, quick: bool, cache_dir: Path) -> dict:
+    try:
+        return read_manifest(repository)
+    except RepositoryError:
+        pass
+    from builders.build import build
+
+    opts = replace(QUICK_BUILD if quick else BuildOptions(), repository=repository, cache_dir=cache_dir)
+    _say(f"building the model repository {repository} ({'quick' if quick else 'full'}; checkpoints are cached)")
+    build(opts, log=lambda m: print(f"    {m}", flush=True))
+    return read_manifest(repository)
+
+
+def _orchestrator_args(repository: Path, url: str, metrics_url: str, key_file: Path, args, floor: float, log: Path):
+    from orchestrator import cli as ocli
+
+    p = argparse.ArgumentParser()
+    ocli.add_arguments(p)
+    return p.parse_args(
+        [
+            "--repository",
+            str(repository),
+            "--url",
+            url,
+            "--metrics-url",
+            metrics_url,
+            "--admin-key-file",
+            str(key_file),
+            "--slo-p99-ms",
+            str(args.slo_p99_ms),
+            "--accuracy-floor",
+            str(floor),
+            "--interval-s",
+            str(args.interval_s),
+            "--decision-log",
+            str(log),
+            "--metrics-port",
+            "0",
+        ]
+    )
+
+
+def _sweep_args(repository: Path, url: str, key_file: Path, slo: float, floor: float):
+    from loadtest import sweep_cli
+
+    p = argparse.ArgumentParser()
+    sweep_cli.add_arguments(p)
+    return p.parse_args(
+        [
+            "--repository",
+            str(repository),
+            "--url",
+            url,
+            "--admin-key-file",
+            str(key_file),
+            "--slo-p99-ms",
+            str(slo),
+            "--accuracy-floor",
+            str(floor),
+            "--variants",
+            "",
+            "--instances",
+            "1,2",
+            "--queue-delays-us",
+            "off,2000",
+            "--concurrency",
+            "4,16",
+        ]
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from orchestrator import cli as ocli
+
+    if args.slo_p99_ms <= 0:
+        raise ConfigError(f"--slo-p99-ms must be > 0, got {args.slo_p99_ms}")
+    repository = args.repository or (args.cache_dir / "quick-repository" if args.quick else Path("model_repository"))
+    shape = args.shape or (QUICK_SHAPE if args.quick else FULL_SHAPE)
+    do_sweep = (not args.quick) if args.sweep is None else args.sweep
+    signal.signal(signal.SIGTERM, _interrupt)
+    started = time.monotonic()
+    run_dir = new_run_dir(args.out, "demo-quick" if args.quick else "demo")
+    _say(f"tritune demo → {run_dir}")
+    server = orch = thread = None
+    key_file = run_dir / "admin.key"
+    try:
+        manifest = ensure_repository(repository, args.quick, args.cache_dir)
+        fp32_top1 = manifest["variants"].get("fp32", {}).get("top1", 0.0)
+        floor = max(0.0, fp32_top1 - 0.01) if args.accuracy_floor < 0 else args.accuracy_floor
+        public = manifest.get("public_model", "cnn")
+        _say(f"starting Triton on {repository} (model {public!r}, admin API restricted by a key)")
+        server = TritonServer(
+            ServerOptions(
+                repository=repository,
+                models=(public,),
+                admin_key=admin_key(key_file),
+                cache_dir=args.cache_dir,
+                log_path=run_dir / "tritonserver.log",
+            )
+        ).start()
+        _say(f"Triton ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics {server.metrics_url}")
+        sweep_result = None
+        if do_sweep:
+            from loadtest.sweep_cli import sweep
+
+            _say("sweep: the default config first, then a small grid (offline search, Model Analyzer style)")
+            sweep_result = sweep(
+                _sweep_args(repository, server.grpc_url, key_file, args.slo_p99_ms, floor),
+                run_dir,
+                progress=lambda m: print(f"    {m}", flush=True),
+            )
+        decisions = run_dir / "decisions.jsonl"
+        orch = ocli.build(
+            _orchestrator_args(repository, server.grpc_url, server.metrics_url, key_file, args, floor, decisions)
+        )
+        thread = threading.Thread(target=orch.run, name="orchestrator", daemon=True)
+        thread.start()
+        _say(f"orchestrator running: p99 ≤ {args.slo_p99_ms:g} ms, top-1 ≥ {floor:.4f}; decisions → {decisions}")
+        _say(f"Locust ({args.protocol}, open loop): {shape}")
+        seen = {"n": 0}
+
+        def progress(msg: str) -> None:
+            acts = [r for r in orch.history if r["event"] in ("action", "apply-failed")]
+            for a in acts[seen["n"] :]:
+                print(f"    orchestrator: {a['event']} {a.get('rule')}: {a.get('reason')}", flush=True)
+            seen["n"] = len(acts)
+            cur = orch.current.describe() if orch.current else {}
+            cfg = (
+                f"{cur.get('variant')} ×{cur.get('instances')}, "
+                + (f"batching {cur.get('max_queue_delay_us')} µs" if cur.get("dynamic_batching") else "no batching")
+                if cur
+                else "?"
+            )
+            print(f"    {msg}; serving {cfg}", flush=True)
+            if server.proc is None or server.proc.poll() is not None:
+                raise ServerError(f"tritonserver exited during the demo; see {server.log_path}")
+
+        result = run_locust(
+            LoadTestOptions(
+                http_url=server.http_url,
+                grpc_url=server.grpc_url,
+                protocol=args.protocol,
+                model=public,
+                shape=shape,
+                open_loop=True,
+                workers=args.workers,
+            ),
+            run_dir=run_dir,
+            progress=progress,
+        )
+    except KeyboardInterrupt:
+        _say("interrupted: stopping everything")
+        return 130
+    finally:
+        if orch:
+            orch.stop()
+        if thread:
+            thread.join(10)
+        if server:
+            server.stop()
+            _say("Triton stopped")
+    report = write_report(
+        run_dir,
+        title=f"tritune demo: {public} under a step load, p99 SLO {args.slo_p99_ms:g} ms",
+        slo_p99_ms=args.slo_p99_ms,
+        decision_log=decisions,
+        repository=repository,
+        sweep=sweep_result,
+        extra={"accuracy floor (top-1)": f"{floor:.4f}", "demo wall time": f"{time.monotonic() - started:.0f} s"},
+    )
+    windows = json.loads((run_dir / "windows.json").read_text())
+    met = sum(1 for w in windows if w["slo_met"])
+    s = result.summary
+    summary = {
+        "run_dir": str(run_dir),
+        "report": str(report),
+        "requests": s["requests"],
+        "failures": s["failures"],
+        "wrong_answers": s["wrong_answers"],
+        "client_p99_ms": s.get("client_p99_ms"),
+        "windows_meeting_slo": f"{met}/{len(windows)}",
+        "actions": orch.state.actions,
+        "rollbacks": orch.state.rollbacks,
+        "final_config": orch.current.describe() if orch.current else None,
+        "valid": result.valid,
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+    (run_dir / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _say(
+        f"done: {s['requests']} requests, {s['failures']} failed, {s['wrong_answers']} wrong answers; "
+        f"{met}/{len(windows)} 5-s windows met p99 ≤ {args.slo_p99_ms:g} ms; {orch.state.actions} actions, "
+        f"{orch.state.rollbacks} rollbacks"
+    )
+    if not result.valid:
+        _say(f"note: {result.invalid_reason}")
+    _say(f"report: {report}")
+    return 0 if s["failures"] == 0 else 1
