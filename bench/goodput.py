@@ -8,8 +8,9 @@ The oracle sweep runs once (closed-loop clients, every config of the space, the 
 repeat searches rates for (a), (b), (c) on fresh Tritons. Static probes: ``--probe-s`` of constant open-loop load
 on the config, p99 over all but the first 3 s. Orchestrator probes: the default config, the orchestrator on, the
 rate held ``--converge-s`` + ``--measure-s``; the rate passes when the last ``--measure-s`` meet the SLO with no
-failure. The orchestrator's search starts at the oracle's rate (it cannot be expected to beat it by much) and steps
-down by 10%; one step up is tried when the oracle's rate passes. Reported: rates per arm (median of repeats), the
+failure. The orchestrator's search starts at the oracle's rate (a static config tuned for that rate; the
+orchestrator starts from the default, so it is not expected to beat it) and then bisects between the default's
+and the oracle's rates. Reported: rates per arm (median of repeats), the
 ratios b/a, c/a, c/b, and the orchestrator's seconds to converge at its highest passing rate.
 """
 
@@ -34,6 +35,8 @@ from orchestrator.policy import ServingConfig
 
 def oracle_sweep(bench: Bench, args) -> dict:
     variants = tuple(v for v, info in bench.ctx.variants.items() if info.top1 >= bench.floor)
+    if args.variants:
+        variants = tuple(v for v in args.variants.split(",") if v in variants)
     space = SweepSpace(
         variants=variants,
         instances=(1, 2),
@@ -104,23 +107,28 @@ def orchestrated_probe(bench: Bench, rate: float, args, tag: str) -> tuple[bool,
         return ok, info
 
 
-def orchestrator_max_rate(bench: Bench, oracle_rate: float, args, tag: str) -> tuple[float, list[dict]]:
+def orchestrator_max_rate(bench: Bench, a: float, b: float, args, tag: str) -> tuple[float, list[dict]]:
+    """The oracle's rate first; then bisection between the default's and the oracle's rates."""
     trail = []
-    rate = oracle_rate
-    best = 0.0
-    for _ in range(args.max_orchestrator_probes):
+
+    def check(rate: float) -> bool:
         ok, info = orchestrated_probe(bench, rate, args, tag)
         trail.append({"rate_per_s": round(rate, 1), "ok": ok, **info})
-        if ok:
-            best = rate
-            if rate >= oracle_rate and len(trail) == 1:  # passed at the oracle's rate: try one step up
-                rate *= 1.1
-                continue
-            break
-        if best:  # the step up failed: the oracle's rate stands
-            break
-        rate *= 0.9
-    return best, trail
+        return ok
+
+    if check(b):
+        return b, trail
+    lo, hi = 0.0, b
+    rate = (a + b) / 2
+    for _ in range(args.bisect_steps):
+        if check(rate):
+            lo = rate
+        else:
+            hi = rate
+        rate = (max(lo, a) + hi) / 2
+    if lo == 0.0 and check(a):  # nothing above the default's rate held: does the default's own rate?
+        lo = a
+    return lo, trail
 
 
 def main() -> int:
@@ -133,8 +141,11 @@ def main() -> int:
     ap.add_argument("--start-rate", type=float, default=200.0)
     ap.add_argument("--converge-s", type=float, default=60.0)
     ap.add_argument("--measure-s", type=float, default=20.0)
-    ap.add_argument("--max-orchestrator-probes", type=int, default=5)
+    ap.add_argument("--bisect-steps", type=int, default=2, help="orchestrator: bisection steps below the oracle")
     ap.add_argument("--runs-dir", type=Path, default=Path("runs/bench-goodput"))
+    ap.add_argument(
+        "--variants", default="", help="the sweep's variants (default: all above the floor); the orchestrator has all"
+    )
     ap.add_argument("--oracle", type=Path, default=None, help="reuse a sweep.json instead of sweeping again")
     args = ap.parse_args()
 
@@ -156,7 +167,7 @@ def main() -> int:
         with timed() as t:
             a, a_trail = static_max_rate(bench, None, args, f"r{i}-default")
             b, b_trail = static_max_rate(bench, oracle, args, f"r{i}-oracle")
-            c, c_trail = orchestrator_max_rate(bench, b, args, f"r{i}-orchestrator")
+            c, c_trail = orchestrator_max_rate(bench, a, b, args, f"r{i}-orchestrator")
         passing = [p for p in c_trail if p["ok"] and p["rate_per_s"] == round(c, 1)]
         runs.append(
             {

@@ -157,7 +157,7 @@ def _config_plot(decisions: list[dict], t0: float, t_end: float) -> str:
             "tab:orange",
         ),
         (
-            "dynamic batching / largest preferred batch",
+            "batching: largest\npreferred batch",
             [
                 (max(c[1]["preferred_batch_sizes"]) if c[1]["preferred_batch_sizes"] else 1)
                 if c[1]["dynamic_batching"]
@@ -168,14 +168,22 @@ def _config_plot(decisions: list[dict], t0: float, t_end: float) -> str:
         ),
         ("variant", [variants.index(c[1]["variant"]) for c in configs], "tab:red"),
     ]
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(len(series), 1, figsize=(11, 6.5), sharex=True)
     for ax, (name, ys, color) in zip(axes, series, strict=True):
         ax.step(xs, ys, where="post", color=color, linewidth=2)
         ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
+        ax.margins(y=0.15)
         ax.grid(alpha=0.3)
     axes[-1].set_yticks(range(len(variants)), variants)
     axes[2].annotate(
-        "0 = off, 1 = on (no preferred size)", (0.01, 0.8), xycoords="axes fraction", fontsize=7, color="gray"
+        "0 = dynamic batching off, 1 = on without a preferred size",
+        (0.01, 0.8),
+        xycoords="axes fraction",
+        fontsize=7,
+        color="gray",
     )
     axes[0].set_title("Serving config over time (the orchestrator's changes)")
     axes[-1].set_xlabel("seconds since the first answer")

@@ -126,6 +126,7 @@ class Window:
     gpu_memory_free_bytes: float | None = None
     restarted: bool = False
     model_missing: bool = False
+    versions: int = 1  # versions of the model serving or draining (2 while an old variant drains its queue)
 
     @property
     def interval_s(self) -> float:
@@ -174,15 +175,27 @@ def window(prev: Snapshot, cur: Snapshot, model: str) -> Window:
         "compute_output_us",
     )
     d = dict.fromkeys(fields, 0.0)
-    went_back = False
+    deltas: dict[tuple[str, str], dict[str, float]] = {}
+    back: set[tuple[str, str]] = set()
+    zeroed: set[tuple[str, str]] = set()
     for key, vb in cur.versions.items():
         if key[0] != model:
             continue
         va = prev.versions.get(key, ModelSample())
-        for f in fields:
-            delta = getattr(vb, f) - getattr(va, f)
-            went_back |= delta < 0
-            d[f] += delta
+        deltas[key] = {f: getattr(vb, f) - getattr(va, f) for f in fields}
+        if any(v < 0 for v in deltas[key].values()):
+            back.add(key)
+            if all(getattr(vb, f) == 0 for f in fields):
+                zeroed.add(key)
+    # A version being unloaded (the old variant after a switch) reports all-zero counters for a scrape or two
+    # before its series disappear: measured on Triton 2.51. That is the version leaving, not a restart, as long
+    # as another version carried on; a restart sends every version back.
+    leaving = zeroed if zeroed and len(back) < len(deltas) else set()
+    went_back = bool(back - leaving)
+    for key, delta in deltas.items():
+        if key not in leaving:
+            for f in fields:
+                d[f] += delta[f]
     quantiles = {
         "p50_latency_ms": b.request_quantiles_us.get(0.5, math.nan) / 1000 if b.request_quantiles_us else None,
         "p99_latency_ms": b.request_quantiles_us.get(0.99, math.nan) / 1000 if b.request_quantiles_us else None,
@@ -206,6 +219,7 @@ def window(prev: Snapshot, cur: Snapshot, model: str) -> Window:
         avg_compute_ms=per_request(d["compute_input_us"] + d["compute_infer_us"] + d["compute_output_us"]),
         busy_s=_busy_s(d),
         pending_requests=b.pending,
+        versions=len(deltas) - len(leaving),
         **quantiles,
     )
 

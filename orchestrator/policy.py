@@ -213,6 +213,22 @@ class RulePolicy:
 
     def _up(self, w: Window, c: ServingConfig, ctx: Context, why: str) -> Iterator[Proposal]:
         util = utilization(w, c)
+        # A much cheaper variant that is at least as accurate costs nothing: the first rung, before any reload of
+        # the same variant (each of which costs a stall) is spent on smaller gains.
+        current_top1 = ctx.variants[c.variant].top1 if c.variant in ctx.variants else 1.0
+        free = [
+            v
+            for v in ctx.allowed_variants()
+            if v.top1 >= current_top1 and v.latency_ms_b32 < _cost(ctx, c.variant) / FREE_VARIANT_SPEEDUP
+        ]
+        for target in sorted(free, key=lambda v: (v.latency_ms_b32, -v.top1)):
+            yield Proposal(
+                replace(c, variant=target.name),
+                "up",
+                "free-faster-variant",
+                f"{why}; {c.variant} → {target.name}: {_cost(ctx, c.variant) / target.latency_ms_b32:.1f}× cheaper "
+                f"at no accuracy cost (top-1 {target.top1:.4f} ≥ {current_top1:.4f})",
+            )
         if not c.dynamic_batching:
             sizes = tuple(b for b in self.preferred_batch_sizes if b <= ctx.max_batch_size)
             delay = min(self.initial_delay_us, ctx.delay_cap_us)
@@ -276,6 +292,9 @@ class RulePolicy:
             yield Proposal(
                 replace(c, instances=c.instances - 1), "down", "remove-instance", f"light load ({util:.0%} busy)"
             )
+
+
+FREE_VARIANT_SPEEDUP = 1.5  # a no-accuracy-cost variant must be at least this much cheaper to be worth a reload
 
 
 def _allowed_variant(variant: str, ctx: Context) -> bool:
@@ -437,6 +456,12 @@ def step(
             replace(state, pending=None, restarts=state.restarts + 1, guard=GuardState(last_action_s=now_s)),
         )
 
+    if w.versions > 1 and last_action is not None and now_s - last_action < DRAIN_WAIT_S:
+        # The old variant still drains its queue beside the new one (both on the same cores): its windows say
+        # nothing about the new config, and a reload now has crashed Triton 2.51 (signal 11) in our runs.
+        return Decision(
+            "hold", "draining", f"the previous variant still drains its queue ({w.versions} versions)"
+        ), state
     if state.pending is not None:
         p = state.pending
         if now_s - p.applied_s < cfg.guards.cooldown_s or w.start_s < p.applied_s:
@@ -498,6 +523,7 @@ def _propose(w, current, state, ctx, policy, cfg, now_s):
     return decision, replace(state, guard=gstate)
 
 
+DRAIN_WAIT_S = 45.0  # hold at most this long after an action for an old version to finish draining
 DOWN_RULES = ("restore-variant", "remove-instance", "shorten-queue-delay")
 SUMMARY_WINDOW_S = 60.0  # Triton 2.51 keeps its latency summaries over about this long
 

@@ -141,3 +141,37 @@ def _no_locust_left_behind():
     yield
     out = subprocess.run(["pgrep", "-f", "loadtest/locustfile.py"], capture_output=True, text=True)
     assert out.stdout.strip() == "", "a Locust process outlived its test"
+
+
+def test_web_ui_stays_up_for_interactive_use_until_stopped(server, tmp_path):
+    import signal
+    import time
+    import urllib.request
+
+    from tritune.server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "tritune", "loadtest", "--url", server.http_url, "--web"),
+            *("--web-port", str(port), "--shape", "constant:value=1,duration_s=2", "--out", str(tmp_path)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        status = None
+        while time.monotonic() < deadline and status is None:
+            try:
+                status = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200
+        time.sleep(4)  # the shape is over; the UI must still answer
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert "run folder:" in out, out

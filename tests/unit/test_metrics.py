@@ -81,3 +81,15 @@ def test_a_variant_switch_is_not_a_restart():
 
 def test_a_version_counting_backwards_is_a_restart():
     assert window(parse_metrics(_text({"1": 5000}), 0.0), parse_metrics(_text({"1": 10}), 2.0), "cnn").restarted
+
+
+def test_the_unloading_version_reporting_zeros_is_not_a_restart():
+    """Measured on Triton 2.51: while the old variant's version unloads, its series read 0 for a scrape before
+    they disappear. Another version carried on, so this is the switch finishing, not a restart."""
+    a = parse_metrics(_text({"1": 4460, "3": 1707}), 0.0)
+    b = parse_metrics(_text({"1": 0, "3": 3201}), 2.0)
+    w = window(a, b, "cnn")
+    assert not w.restarted and w.requests == 3201 - 1707
+    # every version back to zero is still a restart
+    assert window(a, parse_metrics(_text({"1": 0, "3": 0}), 2.0), "cnn").restarted
+    assert window(parse_metrics(_text({"3": 900}), 0.0), parse_metrics(_text({"3": 0}), 2.0), "cnn").restarted

@@ -319,3 +319,27 @@ def test_overload_beyond_both_configs_judges_by_service_rate_not_by_the_growing_
     assert sim.log[0][2] == "enable-dynamic-batching"
     assert "rollback" not in [a for _, a, _ in sim.log]
     assert sim.config.dynamic_batching
+
+
+def test_a_much_cheaper_variant_at_no_accuracy_cost_is_the_first_rung():
+    """When pruning cost no accuracy (as on the bundled data set), switching to it is cheaper than any reload of
+    the fp32 variant: it comes before batching and instances, and it is never a less accurate variant."""
+    variants = {**VARIANTS, "pruned": VariantInfo("pruned", "cnn_pruned", 0.978, 7.2)}
+    sim = Sim(Context(objective=Objective(SLO, 0.97), variants=variants, cores=2))
+    sim.run(40, overloaded_by)
+    rules = [r for _, a, r in sim.log if a == "apply"]
+    assert rules[0] == "free-faster-variant" and sim.configs[0].variant == "pruned"
+    assert "enable-dynamic-batching" in rules  # the ladder goes on from there
+    assert all(variants[c.variant].top1 >= 0.978 for c in sim.configs)
+
+
+def test_nothing_is_judged_or_applied_while_the_old_variant_drains():
+    variants = {**VARIANTS, "pruned": VariantInfo("pruned", "cnn_pruned", 0.978, 7.2)}
+    sim = Sim(Context(objective=Objective(SLO, 0.97), variants=variants, cores=2))
+    sim.run(6, overloaded_by)
+    assert sim.log[-1][2] == "free-faster-variant"
+    switched_at = sim.log[-1][0]
+    decisions = sim.run(20, overloaded_by, versions=2)  # the fp32 version still drains its queue
+    assert {d.rule for d in decisions} == {"draining"} and sim.log[-1][0] == switched_at
+    decisions = sim.run(40, overloaded_by)  # drained: verification and the ladder go on
+    assert any(d.rule == "verifying" for d in decisions) and len(sim.log) > 1
