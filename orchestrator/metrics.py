@@ -219,7 +219,8 @@ def window(prev: Snapshot, cur: Snapshot, model: str) -> Window:
         avg_compute_ms=per_request(d["compute_input_us"] + d["compute_infer_us"] + d["compute_output_us"]),
         busy_s=_busy_s(d),
         pending_requests=b.pending,
-        versions=len(deltas) - len(leaving),
+        # Zeroed series (a version that left, or one that has served nothing yet) neither serve nor drain.
+        versions=sum(1 for key in deltas if any(getattr(cur.versions[key], f) for f in fields)),
         **quantiles,
     )
 

@@ -93,3 +93,12 @@ def test_the_unloading_version_reporting_zeros_is_not_a_restart():
     # every version back to zero is still a restart
     assert window(a, parse_metrics(_text({"1": 0, "3": 0}), 2.0), "cnn").restarted
     assert window(parse_metrics(_text({"3": 900}), 0.0), parse_metrics(_text({"3": 0}), 2.0), "cnn").restarted
+
+
+def test_versions_counts_only_series_that_serve_or_drain():
+    a = parse_metrics(_text({"1": 4460, "3": 1707}), 0.0)
+    assert window(a, parse_metrics(_text({"1": 4500, "3": 1900}), 1.0), "cnn").versions == 2  # old one draining
+    zero = parse_metrics(_text({"1": 0, "3": 3201}), 2.0)
+    assert window(a, zero, "cnn").versions == 1
+    # the left version's zeroed series may linger for more than one scrape: still gone
+    assert window(zero, parse_metrics(_text({"1": 0, "3": 3500}), 3.0), "cnn").versions == 1
