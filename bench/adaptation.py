@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import WINDOW_S, Bench, median
+from bench.common import WINDOW_S, Bench, default_floor, median
 from bench.goodput import config_from
 from loadtest.measure import StabilityRule
 from loadtest.shapes import SpikeShape, StepShape
@@ -89,9 +89,7 @@ def main() -> int:
     ap.add_argument("--runs-dir", type=Path, default=Path("runs/bench-adaptation"))
     args = ap.parse_args()
 
-    bench = Bench(args.repository, args.runs_dir, args.slo_ms, 0.0)
-    if args.accuracy_floor < 0:
-        args.accuracy_floor = max(0.0, bench.manifest["variants"]["fp32"]["top1"] - 0.01)
+    args.accuracy_floor = default_floor(args.repository, args.accuracy_floor)
     bench = Bench(args.repository, args.runs_dir, args.slo_ms, args.accuracy_floor)
     sweep = json.loads(args.oracle.read_text()) if args.oracle else small_sweep(bench)
     oracle = config_from(sweep["best"]["config"])

@@ -105,6 +105,11 @@ class Bench:
         return result, orch
 
 
+def default_floor(repository: Path, floor: float) -> float:
+    """``floor`` as given, or (when negative) one top-1 point below the fp32 variant."""
+    return floor if floor >= 0 else max(0.0, read_manifest(repository)["variants"]["fp32"]["top1"] - 0.01)
+
+
 def meets_slo(result: LoadResult, slo_ms: float, skip_s: float) -> tuple[bool, dict]:
     s = result.summary(slo_ms, skip_s=skip_s)
     ok = s["failed"] == 0 and s["p99_ms"] is not None and s["p99_ms"] <= slo_ms

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Bench, converged_after_s, median, meets_slo, rate_search, timed
+from bench.common import Bench, converged_after_s, default_floor, median, meets_slo, rate_search, timed
 from loadtest.measure import StabilityRule
 from loadtest.openloop import constant
 from loadtest.sweep import SweepGenerator, SweepSpace, run_sweep
@@ -149,9 +149,7 @@ def main() -> int:
     ap.add_argument("--oracle", type=Path, default=None, help="reuse a sweep.json instead of sweeping again")
     args = ap.parse_args()
 
-    bench = Bench(args.repository, args.runs_dir, args.slo_ms, 0.0)
-    if args.accuracy_floor < 0:
-        args.accuracy_floor = max(0.0, bench.manifest["variants"]["fp32"]["top1"] - 0.01)
+    args.accuracy_floor = default_floor(args.repository, args.accuracy_floor)
     bench = Bench(args.repository, args.runs_dir, args.slo_ms, args.accuracy_floor)
     with timed() as t_sweep:
         sweep = json.loads(args.oracle.read_text()) if args.oracle else oracle_sweep(bench, args)

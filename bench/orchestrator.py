@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import converged_after_s
 from builders.data import load_dataset
 from builders.repository import read_manifest
 from loadtest.openloop import OpenLoopLoad, constant
@@ -32,14 +33,6 @@ from tritune.client import InferenceClient
 from tritune.server import ServerOptions, TritonServer
 
 KEY = "bench-key"
-
-
-def converged_after_s(windows: list[dict]) -> float | None:
-    """Start of the first window from which every window met the SLO."""
-    for i, w in enumerate(windows):
-        if all(x["slo_met"] for x in windows[i:]):
-            return w["start_s"]
-    return None
 
 
 def one_run(args, data, ctx: Context, index: int) -> dict:
