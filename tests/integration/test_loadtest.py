@@ -34,8 +34,9 @@ def check_run(result, protocol_type: str):
     assert result.exit_code == 0, (result.run_dir / "locust.log").read_text()[-2000:]
     assert s["requests"] > 0 and s["failures"] == 0
     row = s["stats"][f"{protocol_type} cnn [batch {1}]"]
-    # Locust writes its CSV a moment before the last answers: the totals at quit may be a few requests ahead
-    assert 0 <= s["requests"] - row["requests"] <= 10 and row["failures"] == 0 and row["p99_ms"] > 0
+    # Locust writes its CSV a moment before the last answers: the totals at quit may be up to ~2% ahead
+    assert 0 <= s["requests"] - row["requests"] <= max(10, 0.02 * s["requests"])
+    assert row["failures"] == 0 and row["p99_ms"] > 0
     records = read_requests(result.run_dir)
     assert len(records) == s["requests"] and all(r["ok"] for r in records)
     assert {r["type"] for r in records} == {protocol_type}
