@@ -82,8 +82,10 @@ class Bench:
         return result.seconds
 
     def orchestrated(
-        self, server: TritonServer, seconds: float, rate: RateFn, log: Path | None = None
+        self, server: TritonServer, seconds: float, rate: RateFn, log: Path | None = None, lead_in_s: float = 0.0
     ) -> tuple[LoadResult, Orchestrator]:
+        """``seconds`` of load at ``rate`` with the orchestrator on; ``lead_in_s``: the orchestrator is attached
+        this long before the load starts (it runs all along in a deployment, traffic arrives later)."""
         orch = Orchestrator(
             self.applier(server),
             self.ctx,
@@ -95,9 +97,10 @@ class Bench:
                 controller=BENCH_CONTROLLER,
             ),
         )
-        loop = threading.Thread(target=orch.run, args=(seconds + 10,), daemon=True)
+        loop = threading.Thread(target=orch.run, args=(lead_in_s + seconds + 10,), daemon=True)
         loop.start()
         try:
+            time.sleep(lead_in_s)
             result = self.load(server, seconds, rate)
         finally:
             orch.stop()

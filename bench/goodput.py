@@ -8,10 +8,12 @@ The oracle sweep runs once (closed-loop clients, every config of the space, the 
 repeat searches rates for (a), (b), (c) on fresh Tritons. Static probes: ``--probe-s`` of constant open-loop load
 on the config, p99 over all but the first 3 s. Orchestrator probes: the default config, the orchestrator on, the
 rate held ``--converge-s`` + ``--measure-s``; the rate passes when the last ``--measure-s`` meet the SLO with no
-failure. The orchestrator's search starts at the oracle's rate (a static config tuned for that rate; the
+failure in the whole probe. The orchestrator is attached ``--lead-in-s`` before the traffic starts, as in a
+deployment where it runs all along (``--lead-in-s 0``: a cold start, Triton's default config meeting the full rate
+at once). The orchestrator's search starts at the oracle's rate (a static config tuned for that rate; the
 orchestrator starts from the default, so it is not expected to beat it) and then bisects between the default's
-and the oracle's rates. Reported: rates per arm (median of repeats), the
-ratios b/a, c/a, c/b, and the orchestrator's seconds to converge at its highest passing rate.
+and the oracle's rates. Reported: rates per arm (median of repeats), the ratios b/a, c/a, c/b, and the
+orchestrator's seconds to converge (from the first request) at its highest passing rate.
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ def static_max_rate(bench: Bench, config: ServingConfig | None, args, tag: str) 
 def orchestrated_probe(bench: Bench, rate: float, args, tag: str) -> tuple[bool, dict]:
     with bench.server(tag) as server:
         total = args.converge_s + args.measure_s
-        result, orch = bench.orchestrated(server, total, constant(rate))
+        log = bench.runs_dir / f"{tag}-{rate:.0f}.jsonl"
+        result, orch = bench.orchestrated(server, total, constant(rate), log=log, lead_in_s=args.lead_in_s)
         ok, s = meets_slo(result, bench.slo_ms, skip_s=args.converge_s)
         windows = result.windows(5.0, bench.slo_ms)
         info = {
@@ -95,6 +98,12 @@ def orchestrated_probe(bench: Bench, rate: float, args, tag: str) -> tuple[bool,
             "failed": len(result.failures),
             "converged_after_s": converged_after_s(windows),
             "actions": [r["rule"] for r in orch.history if r["event"] == "action"],
+            # seconds after traffic started (negative: during the lead-in, before any request)
+            "action_times_s": [
+                round(r["t_s"] - orch.history[0]["t_s"] - args.lead_in_s, 1)
+                for r in orch.history
+                if r["event"] == "action"
+            ],
             "rollbacks": orch.state.rollbacks,
             "final_config": orch.current.describe() if orch.current else None,
         }
@@ -141,6 +150,13 @@ def main() -> int:
     ap.add_argument("--start-rate", type=float, default=200.0)
     ap.add_argument("--converge-s", type=float, default=60.0)
     ap.add_argument("--measure-s", type=float, default=20.0)
+    ap.add_argument(
+        "--lead-in-s",
+        type=float,
+        default=10.0,
+        help="the orchestrator is attached to the default-configured Triton this long before traffic starts "
+        "(0: both start together, a cold start under full load)",
+    )
     ap.add_argument("--bisect-steps", type=int, default=2, help="orchestrator: bisection steps below the oracle")
     ap.add_argument("--runs-dir", type=Path, default=Path("runs/bench-goodput"))
     ap.add_argument(
@@ -189,6 +205,7 @@ def main() -> int:
         "slo_p99_ms": args.slo_ms,
         "accuracy_floor": round(args.accuracy_floor, 4),
         "repeats": args.repeats,
+        "orchestrator_lead_in_s": args.lead_in_s,
         "oracle_config": oracle.describe(),
         "oracle_sweep": {
             "points": len(sweep["points"]),

@@ -2,7 +2,8 @@
 
 No I/O happens here, so every rule can be tested tick by tick with a fake clock. Three layers:
 
-* :class:`RulePolicy` proposes the next config: under pressure it climbs a ladder (turn on dynamic batching →
+* :class:`RulePolicy` proposes the next config: at any load, first a variant that dominates the current one (as
+  accurate, much cheaper); under pressure it climbs a ladder (turn on dynamic batching →
   add an instance → lengthen the queue delay → a faster variant at or above the accuracy floor); when load is
   light it walks back (a more accurate variant if the capacity model says it fits → fewer instances → shorter
   delay).
@@ -105,7 +106,7 @@ class Context:
 @dataclass(frozen=True)
 class Proposal:
     config: ServingConfig
-    direction: str  # "up" (more capacity) or "down" (less capacity / more accuracy)
+    direction: str  # "up" (more capacity), "down" (less capacity / more accuracy), "free" (better on both)
     rule: str
     reason: str
 
@@ -203,6 +204,9 @@ class RulePolicy:
         """The first rung of the ladder that ``allowed`` accepts (the controller refuses tabu configs)."""
         t = self.thresholds
         why = pressure(w, current, ctx, t)
+        free = self._free(current, ctx, why)
+        if free is not None and allowed(free.config):
+            return free
         if why is not None:
             candidates = self._up(w, current, ctx, why)
         elif light(w, current, ctx, t):
@@ -211,24 +215,31 @@ class RulePolicy:
             return None
         return next((p for p in candidates if allowed(p.config)), None)
 
-    def _up(self, w: Window, c: ServingConfig, ctx: Context, why: str) -> Iterator[Proposal]:
-        util = utilization(w, c)
-        # A much cheaper variant that is at least as accurate costs nothing: the first rung, before any reload of
-        # the same variant (each of which costs a stall) is spent on smaller gains.
+    def _free(self, c: ServingConfig, ctx: Context, why: str | None) -> Proposal | None:
+        """A much cheaper variant that is at least as accurate dominates the current one at any load: it comes
+        before every other rung (each reload of the same variant costs a stall for a smaller gain) and, as it does
+        not depend on the load, needs no persistence delay; switching before a rise in load means the old
+        variant never has a backlog to drain."""
         current_top1 = ctx.variants[c.variant].top1 if c.variant in ctx.variants else 1.0
         free = [
             v
             for v in ctx.allowed_variants()
             if v.top1 >= current_top1 and v.latency_ms_b32 < _cost(ctx, c.variant) / FREE_VARIANT_SPEEDUP
         ]
-        for target in sorted(free, key=lambda v: (v.latency_ms_b32, -v.top1)):
-            yield Proposal(
-                replace(c, variant=target.name),
-                "up",
-                "free-faster-variant",
-                f"{why}; {c.variant} → {target.name}: {_cost(ctx, c.variant) / target.latency_ms_b32:.1f}× cheaper "
-                f"at no accuracy cost (top-1 {target.top1:.4f} ≥ {current_top1:.4f})",
-            )
+        if not free:
+            return None
+        target = min(free, key=lambda v: (v.latency_ms_b32, -v.top1))
+        return Proposal(
+            replace(c, variant=target.name),
+            "free",
+            "free-faster-variant",
+            f"{why or 'at any load'}; {c.variant} → {target.name}: "
+            f"{_cost(ctx, c.variant) / target.latency_ms_b32:.1f}× cheaper at no accuracy cost "
+            f"(top-1 {target.top1:.4f} ≥ {current_top1:.4f})",
+        )
+
+    def _up(self, w: Window, c: ServingConfig, ctx: Context, why: str) -> Iterator[Proposal]:
+        util = utilization(w, c)
         if not c.dynamic_batching:
             sizes = tuple(b for b in self.preferred_batch_sizes if b <= ctx.max_batch_size)
             delay = min(self.initial_delay_us, ctx.delay_cap_us)
@@ -343,7 +354,7 @@ def guard(
         return Decision("hold", "steady", "within the SLO band"), replace(state, direction=None, since_s=None)
     since = state.since_s if state.direction == proposal.direction and state.since_s is not None else now_s
     state = replace(state, direction=proposal.direction, since_s=since)
-    delay = g.upscale_delay_s if proposal.direction == "up" else g.downscale_delay_s
+    delay = {"up": g.upscale_delay_s, "down": g.downscale_delay_s}.get(proposal.direction, 0.0)
     if now_s - since < delay:
         return Decision(
             "hold",
@@ -399,6 +410,7 @@ class Pending:
     better: int = 0
     worse: int = 0
     idle: int = 0
+    drain_s: float = 0.0  # how long the replaced copy needs for the backlog it keeps (its own queue)
 
 
 @dataclass(frozen=True)
@@ -462,6 +474,17 @@ def step(
         return Decision(
             "hold", "draining", f"the previous variant still drains its queue ({w.versions} versions)"
         ), state
+    if state.pending is not None and now_s - state.pending.applied_s < state.pending.drain_s:
+        # A reload of the same version leaves no second series to watch: the replaced copy keeps the requests
+        # queued before the switch and serves them at its old rate. Another reload before they are gone stacked
+        # three copies on the same cores and corrupted tritonserver's heap (2.51: malloc_consolidate, signal 6/11).
+        p = state.pending
+        return Decision(
+            "hold",
+            "draining",
+            f"the replaced copy still serves the {p.before_window.pending_requests:.0f} requests queued before "
+            f"{p.rule} (~{p.drain_s:.0f} s)",
+        ), state
     if state.pending is not None:
         p = state.pending
         if now_s - p.applied_s < cfg.guards.cooldown_s or w.start_s < p.applied_s:
@@ -480,7 +503,13 @@ def step(
             ), replace(state, pending=p)
         # A capacity-adding action must show an improvement; one that gives capacity back must not hurt.
         # (if the load went away meanwhile there is no evidence either way: keep it)
-        kept = p.worse == 0 if p.rule in DOWN_RULES else (p.better > p.worse or p.idle == p.windows)
+        # A dominating variant (as accurate, much cheaper) is kept unless the windows say otherwise.
+        if p.rule in DOWN_RULES:
+            kept = p.worse == 0
+        elif p.rule in FREE_RULES:
+            kept = p.better >= p.worse
+        else:
+            kept = p.better > p.worse or p.idle == p.windows
         summary = {
             "rule": p.rule,
             "windows": p.windows,
@@ -525,6 +554,7 @@ def _propose(w, current, state, ctx, policy, cfg, now_s):
 
 DRAIN_WAIT_S = 45.0  # hold at most this long after an action for an old version to finish draining
 DOWN_RULES = ("restore-variant", "remove-instance", "shorten-queue-delay")
+FREE_RULES = ("free-faster-variant",)
 SUMMARY_WINDOW_S = 60.0  # Triton 2.51 keeps its latency summaries over about this long
 
 
@@ -573,7 +603,11 @@ def applied(
     """Record a successful apply: start verifying it (reapply/rollback need no verification)."""
     guard_state = GuardState(last_action_s=now_s)
     if decision.action == "apply":
-        pending = Pending(before=before, after=decision.config, rule=decision.rule, applied_s=now_s, before_window=w)
+        backlog = w.pending_requests > 4 * max(before.instances, 1)
+        drain_s = min(DRAIN_WAIT_S, w.pending_requests / max(w.throughput_infer_per_s, 1.0)) if backlog else 0.0
+        pending = Pending(
+            before=before, after=decision.config, rule=decision.rule, applied_s=now_s, before_window=w, drain_s=drain_s
+        )
         return replace(state, pending=pending, actions=state.actions + 1, guard=guard_state)
     return replace(
         state,

@@ -343,3 +343,61 @@ def test_nothing_is_judged_or_applied_while_the_old_variant_drains():
     assert {d.rule for d in decisions} == {"draining"} and sim.log[-1][0] == switched_at
     decisions = sim.run(40, overloaded_by)  # drained: verification and the ladder go on
     assert any(d.rule == "verifying" for d in decisions) and len(sim.log) > 1
+
+
+DOMINATED = {**VARIANTS, "pruned": VariantInfo("pruned", "cnn_pruned", 0.978, 7.2)}  # as accurate as fp32, 3.9× cheaper
+
+
+def idle(t, instances=1, **kw):
+    return win(t, rate=0.0, util=0.0, instances=instances, **kw)
+
+
+@pytest.mark.parametrize(
+    "load",
+    [idle, lambda t, **kw: win(t, latency_ms=3.0, util=0.1, **kw), lambda t, **kw: win(t, util=0.6, **kw)],
+    ids=["no-traffic", "light", "moderate"],
+)
+def test_a_dominating_variant_is_taken_at_any_load_without_waiting_for_a_delay(load):
+    """Switching before traffic rises is what spares the old variant a backlog to drain beside the new one."""
+    sim = Sim(Context(objective=Objective(SLO, 0.97), variants=DOMINATED, cores=2))
+    sim.run(2, load)  # the first window
+    assert sim.log == [(2.0, "apply", "free-faster-variant")] and sim.config.variant == "pruned"
+    decisions = sim.run(120, load)
+    assert sim.log == [(2.0, "apply", "free-faster-variant")]  # kept (no windows said worse), never undone
+    assert any((d.verified or {}).get("outcome") == "kept" for d in decisions)
+    assert sim.config.variant == "pruned"
+
+
+def test_a_dominating_variant_that_makes_things_worse_is_rolled_back():
+    sim = Sim(Context(objective=Objective(SLO, 0.97), variants=DOMINATED, cores=2))
+
+    def worse_on_pruned(t, instances=1, config=DEFAULT, **kw):
+        latency = 20.0 if config.variant == "pruned" else 5.0
+        return win(t, latency_ms=latency, util=0.6, instances=instances, **kw)
+
+    worse_on_pruned.needs_config = True
+    sim.run(30, worse_on_pruned)
+    assert [r for _, _, r in sim.log][:2] == ["free-faster-variant", "rollback"]
+    assert sim.config.variant == "fp32"  # and the rejected config stays tabu: no second switch within the run
+    assert [r for _, _, r in sim.log].count("free-faster-variant") == 1
+
+
+def test_no_dominating_variant_means_no_free_switch():
+    """fp16 is no cheaper than fp32 and int8 is less accurate: nothing dominates fp32 in VARIANTS."""
+    sim = Sim(ctx())
+    sim.run(60, lambda t, **kw: win(t, util=0.6, **kw))
+    assert sim.log == []
+
+
+def test_after_a_reload_under_a_backlog_nothing_is_judged_or_applied_until_the_old_copy_could_drain_it():
+    """10,000 requests queued at 500/s: the replaced copy needs ~20 s for them; a same-version reload shows no
+    second version in the metrics, so the wait is estimated from the backlog and the service rate."""
+    sim = Sim(ctx())
+    backlogged = lambda t, **kw: win(t, latency_ms=60.0, util=0.97, rate=500, pending_requests=10_000, **kw)  # noqa: E731
+    sim.run(6, backlogged)
+    assert sim.log[-1][2] == "enable-dynamic-batching"
+    acted_at = sim.log[-1][0]
+    decisions = sim.run(18, backlogged)
+    assert {d.rule for d in decisions} == {"draining"} and "~20 s" in decisions[0].reason
+    decisions = sim.run(20, backlogged)
+    assert decisions[0].rule == "verifying" and sim.log[0][0] == acted_at
