@@ -6,14 +6,15 @@ default. Same model, same machine, one process; prints JSON.
 
 The oracle sweep runs once (closed-loop clients, every config of the space, the constraint p99 ≤ SLO); then each
 repeat searches rates for (a), (b), (c) on fresh Tritons. Static probes: ``--probe-s`` of constant open-loop load
-on the config, p99 over all but the first 3 s. Orchestrator probes: the default config, the orchestrator on, the
-rate held ``--converge-s`` + ``--measure-s``; the rate passes when the last ``--measure-s`` meet the SLO with no
-failure in the whole probe. The orchestrator is attached ``--lead-in-s`` before the traffic starts, as in a
-deployment where it runs all along (``--lead-in-s 0``: a cold start, Triton's default config meeting the full rate
-at once). The orchestrator's search starts at the oracle's rate (a static config tuned for that rate; the
-orchestrator starts from the default, so it is not expected to beat it) and then bisects between the default's
-and the oracle's rates. Reported: rates per arm (median of repeats), the ratios b/a, c/a, c/b, and the
-orchestrator's seconds to converge (from the first request) at its highest passing rate.
+on the config, p99 over all but the first 3 s (by default ``--measure-s``, the span the orchestrator is judged on).
+Orchestrator probes: the default config, the orchestrator on, the rate held ``--converge-s`` + ``--measure-s``; the
+rate passes when the last ``--measure-s`` meet the SLO with no failure in the whole probe. The orchestrator is
+attached ``--lead-in-s`` before the traffic starts, as in a deployment where it runs all along (``--lead-in-s 0``:
+a cold start, Triton's default config meeting the full rate at once). The orchestrator's search starts at the
+oracle's rate (a static config tuned for that rate; the orchestrator starts from the default, so it is not
+expected to beat it) and then bisects between the default's and the oracle's rates. Reported: rates per arm
+(median of repeats), the ratios b/a, c/a, c/b, and the orchestrator's seconds to converge (from the first request)
+at its highest passing rate.
 """
 
 from __future__ import annotations
@@ -146,7 +147,9 @@ def main() -> int:
     ap.add_argument("--slo-ms", type=float, default=50.0)
     ap.add_argument("--accuracy-floor", type=float, default=-1, help="-1: one top-1 point below fp32")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--probe-s", type=float, default=12.0)
+    ap.add_argument(
+        "--probe-s", type=float, default=None, help="static probes (default: 3 s + --measure-s, the judged span)"
+    )
     ap.add_argument("--start-rate", type=float, default=200.0)
     ap.add_argument("--converge-s", type=float, default=60.0)
     ap.add_argument("--measure-s", type=float, default=20.0)
@@ -166,6 +169,8 @@ def main() -> int:
     args = ap.parse_args()
 
     args.accuracy_floor = default_floor(args.repository, args.accuracy_floor)
+    if args.probe_s is None:  # every arm judged over the same span: a short probe flatters a config near its limit
+        args.probe_s = 3.0 + args.measure_s
     bench = Bench(args.repository, args.runs_dir, args.slo_ms, args.accuracy_floor)
     with timed() as t_sweep:
         sweep = json.loads(args.oracle.read_text()) if args.oracle else oracle_sweep(bench, args)
@@ -206,6 +211,7 @@ def main() -> int:
         "accuracy_floor": round(args.accuracy_floor, 4),
         "repeats": args.repeats,
         "orchestrator_lead_in_s": args.lead_in_s,
+        "judged_s": {"static": args.probe_s - 3.0, "orchestrator": args.measure_s, "after_s": args.converge_s},
         "oracle_config": oracle.describe(),
         "oracle_sweep": {
             "points": len(sweep["points"]),

@@ -3,7 +3,8 @@
 No I/O happens here, so every rule can be tested tick by tick with a fake clock. Three layers:
 
 * :class:`RulePolicy` proposes the next config: at any load, first a variant that dominates the current one (as
-  accurate, much cheaper); under pressure it climbs a ladder (turn on dynamic batching →
+  accurate, much cheaper); under pressure it climbs a ladder (turn on dynamic batching, with an
+  instance more in the same reload when latency is far over the SLO →
   add an instance → lengthen the queue delay → a faster variant at or above the accuracy floor); when load is
   light it walks back (a more accurate variant if the capacity model says it fits → fewer instances → shorter
   delay).
@@ -164,6 +165,12 @@ def pressure(w: Window, config: ServingConfig, ctx: Context, t: Thresholds) -> s
         return f"mean latency {w.avg_latency_ms:.1f} ms > {t.avg_fraction_over:.0%} of the SLO"
     if w.pending_requests > t.backlog_per_instance * config.instances:
         return f"{w.pending_requests:.0f} requests pending"
+    # Instances busy all the time leave no headroom: the queue grows with the next rise in load, and the client
+    # (sharing the cores on CPU) sees it before Triton's own means do. Execution time only, not the machine's CPU
+    # use: a saturated CPU alone is no reason for a reload.
+    busy = w.busy_s / max(w.interval_s * config.instances, 1e-9)
+    if w.requests and busy >= t.utilization_over:
+        return f"instances {min(busy, 1.0):.0%} busy"
     return None
 
 
@@ -243,15 +250,29 @@ class RulePolicy:
         if not c.dynamic_batching:
             sizes = tuple(b for b in self.preferred_batch_sizes if b <= ctx.max_batch_size)
             delay = min(self.initial_delay_us, ctx.delay_cap_us)
+            batched = replace(c, dynamic_batching=True, max_queue_delay_us=delay, preferred_batch_sizes=sizes)
+            if c.instances < max_instances(ctx) and w.avg_latency_ms > FAR_OVER_SLO * ctx.objective.p99_latency_ms:
+                # Far over the SLO one rung will not do, and every reload under load costs a stall (and, on Triton
+                # 2.51's Python backend at high rates, risks the server): both rungs in one reload.
+                yield Proposal(
+                    replace(batched, instances=c.instances + 1),
+                    "up",
+                    "batch-and-add-instance",
+                    f"{why}; mean latency {w.avg_latency_ms:.0f} ms, over {FAR_OVER_SLO:g}× the SLO: batching and "
+                    "an instance in one reload",
+                )
             yield Proposal(
-                replace(c, dynamic_batching=True, max_queue_delay_us=delay, preferred_batch_sizes=sizes),
+                batched,
                 "up",
                 "enable-dynamic-batching",
                 f"{why}; requests run one by one (batch {w.avg_batch:.1f})",
             )
         if c.instances < max_instances(ctx) and util >= self.thresholds.utilization_over * 0.8:
             yield Proposal(
-                replace(c, instances=c.instances + 1), "up", "add-instance", f"{why}; instances {util:.0%} busy"
+                replace(c, instances=c.instances + 1),
+                "up",
+                "add-instance",
+                why if why.startswith("instances") else f"{why}; instances {util:.0%} busy",
             )
         # A longer delay only helps while executed batches stay small; a long queue fills them anyway.
         target_batch = max(c.preferred_batch_sizes or (ctx.max_batch_size,))
@@ -305,6 +326,7 @@ class RulePolicy:
             )
 
 
+FAR_OVER_SLO = 2.0  # mean latency above this multiple of the SLO: two rungs in one reload
 FREE_VARIANT_SPEEDUP = 1.5  # a no-accuracy-cost variant must be at least this much cheaper to be worth a reload
 
 

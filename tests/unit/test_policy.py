@@ -316,7 +316,7 @@ def test_overload_beyond_both_configs_judges_by_service_rate_not_by_the_growing_
 
     swamped.needs_config = True
     sim.run(24, swamped)
-    assert sim.log[0][2] == "enable-dynamic-batching"
+    assert sim.log[0][2] == "batch-and-add-instance"  # far over the SLO: both rungs in one reload
     assert "rollback" not in [a for _, a, _ in sim.log]
     assert sim.config.dynamic_batching
 
@@ -401,3 +401,28 @@ def test_after_a_reload_under_a_backlog_nothing_is_judged_or_applied_until_the_o
     assert {d.rule for d in decisions} == {"draining"} and "~20 s" in decisions[0].reason
     decisions = sim.run(20, backlogged)
     assert decisions[0].rule == "verifying" and sim.log[0][0] == acted_at
+
+
+def test_instances_busy_all_the_time_are_pressure_even_while_latency_is_low():
+    """Triton's means still look healthy (3 ms, nothing pending) but the one instance never idles: no headroom."""
+    sim = Sim(ctx(), ServingConfig("fp32", 1, 2, True, 500, (4, 8, 16)))
+    saturated = lambda t, **kw: win(t, latency_ms=3.0, util=1.0, rate=1100, **kw)  # noqa: E731
+    decisions = sim.run(6, saturated)
+    assert decisions[0].rule == "waiting-up-delay"
+    assert sim.log[0][2] == "add-instance" and sim.config.instances == 2
+    assert RulePolicy().propose(saturated(2.0), ServingConfig("fp32", 1, 2, True, 500, (4, 8, 16)), ctx()).reason == (
+        "instances 100% busy"
+    )
+    sim2 = Sim(ctx(), ServingConfig("fp32", 1, 2, True, 500, (4, 8, 16)))
+    sim2.run(60, lambda t, **kw: win(t, latency_ms=3.0, util=0.85, rate=900, **kw))
+    assert sim2.log == []  # busy but with headroom: nothing to do
+
+
+def test_far_over_the_slo_batching_and_an_instance_come_in_one_reload():
+    sim = Sim(ctx())
+    sim.run(6, lambda t, **kw: win(t, latency_ms=150.0, util=0.97, rate=900, pending_requests=700, **kw))
+    assert [r for _, _, r in sim.log] == ["batch-and-add-instance"]
+    assert sim.config.dynamic_batching and sim.config.instances == 2 and sim.config.threads == 1
+    sim2 = Sim(ctx())  # over the SLO but not far: one rung at a time
+    sim2.run(6, lambda t, **kw: win(t, latency_ms=60.0, util=0.97, rate=900, pending_requests=100, **kw))
+    assert [r for _, _, r in sim2.log] == ["enable-dynamic-batching"] and sim2.config.instances == 1
