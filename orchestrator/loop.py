@@ -127,6 +127,7 @@ class Orchestrator:
         self._stop = threading.Event()
         if options.metrics_port:
             start_http_server(options.metrics_port, addr=options.metrics_host, registry=self.metrics.registry)
+        self._last_rule: str | None = None
         self._nvml: NvmlReader | None = None
         if ctx.kind == "gpu":
             self._nvml, reason = NvmlReader.open()
@@ -200,6 +201,9 @@ class Orchestrator:
                     self._suspect_restart = False
         self._observe(w)
         decision, self.state = step(w, self.current, self.state, self.ctx, self.policy, self.options.controller, now)
+        if decision.rule == "stalled" and self._last_rule != "stalled":  # once per stall, not every tick
+            self.log("triton-stalled", reason=decision.reason, window=w.summary())
+        self._last_rule = decision.rule
         if decision.verified:
             self.log("verified", **decision.verified)
         if decision.changes:

@@ -489,6 +489,15 @@ def step(
             Decision("reapply", "triton-restarted", f"{why}; re-applying the last good config", target),
             replace(state, pending=None, restarts=state.restarts + 1, guard=GuardState(last_action_s=now_s)),
         )
+    if w.requests == 0 and w.pending_requests > 0:
+        # Requests waiting and none finished in a whole window is no light load: Triton is stuck (2.51's Python
+        # backend has gone on answering /metrics after aborting on heap corruption). A reload cannot fix that.
+        return Decision(
+            "hold",
+            "stalled",
+            f"{w.pending_requests:.0f} requests pending and none completed in {w.interval_s:.1f} s: Triton looks "
+            "stuck; check its log and restart it (`tritune serve` restarts a server that exits)",
+        ), state
 
     if w.versions > 1 and last_action is not None and now_s - last_action < DRAIN_WAIT_S:
         # The old variant still drains its queue beside the new one (both on the same cores): its windows say

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from tritune.errors import ServerError
@@ -39,6 +40,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--cache-dir", type=Path, default=d.cache_dir, help="backend copy and logs (default: %(default)s)")
     p.add_argument("--exit-timeout-s", type=int, default=d.exit_timeout_s, help="(default: %(default)s)")
+    p.add_argument(
+        "--restarts",
+        type=int,
+        default=3,
+        help="restart tritonserver on the same ports this many times if it dies (it comes back with the on-disk "
+        "configs; `tritune orchestrate` re-applies its last good config); 0: exit instead (default: %(default)s)",
+    )
+
+
+def restart(server: TritonServer, code: int | None, n: int, limit: int) -> None:
+    """Bring a dead tritonserver back on the same ports, keeping the dead one's log (Triton 2.51's Python backend
+    has aborted under load with heap corruption, a known upstream bug, not something a config change can avoid)."""
+    kept = server.log_path.with_name(f"{server.log_path.stem}.died-{n}.log")
+    server.stop()  # also kills stubs the dead server left behind
+    server.log_path.rename(kept)
+    print(f"tritonserver exited with status {code} (log kept: {kept}); restarting ({n}/{limit})", flush=True)
+    server.options = replace(
+        server.options,
+        http_port=server.http_port,
+        grpc_port=server.grpc_port,
+        metrics_port=server.metrics_port,
+        log_path=server.log_path,
+    )
+    server.start()
+    print("Triton ready again", flush=True)
 
 
 def models_to_load(repository: Path, spec: str) -> tuple[str, ...]:
@@ -85,9 +111,17 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
         print(f"  log      {server.log_path}   (Ctrl-C to stop)", flush=True)
+        restarts = 0
         while not stop.wait(0.5):
             if server.proc is None or server.proc.poll() is not None:
-                raise ServerError(f"tritonserver exited unexpectedly; see {server.log_path}")
+                code = server.proc.returncode if server.proc is not None else None
+                if restarts >= args.restarts:
+                    raise ServerError(
+                        f"tritonserver exited unexpectedly (status {code}) after {restarts} restarts; "
+                        f"see {server.log_path}"
+                    )
+                restarts += 1
+                restart(server, code, restarts, args.restarts)
     finally:
         server.stop()
         print("Triton stopped", flush=True)

@@ -198,6 +198,20 @@ def _stubs(pgid: int | None = None, path: str | None = None) -> list[int]:
     return found
 
 
+def _servers(path: str) -> list[int]:
+    """tritonserver processes whose command line mentions ``path`` (their backend copy lives under it)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmd and cmd[0].endswith(b"tritonserver") and any(path.encode() in c for c in cmd):
+                found.append(int(pid))
+    return found
+
+
 def test_shutdown_leaves_no_server_or_stub(quick_repository, server_cache, held_out):
     srv = start_server(quick_repository, server_cache, ("cnn", "cnn_int8"))
     pgid = srv.proc.pid
@@ -211,7 +225,7 @@ def test_shutdown_leaves_no_server_or_stub(quick_repository, server_cache, held_
         InferenceClient(srv.http_url, timeout_s=2).infer("cnn", held_out[0][:1])
 
 
-def test_serve_command_prints_endpoints_and_stops_on_sigterm(quick_repository, tmp_path, held_out):
+def test_serve_command_restarts_a_dead_triton_and_stops_on_sigterm(quick_repository, tmp_path, held_out):
     env = {**os.environ, "TRITUNE_ADMIN_KEY": ""}
     key_file = tmp_path / "admin.key"
     proc = subprocess.Popen(
@@ -261,6 +275,23 @@ def test_serve_command_prints_endpoints_and_stops_on_sigterm(quick_repository, t
         assert len(_stubs(path=str(tmp_path))) == 1
         with InferenceClient(http, admin_key=key_file.read_text().strip()) as admin:
             admin.load("cnn")  # the stored key unlocks the admin API
+
+        # tritonserver dies (as 2.51's Python backend has, aborting under load): serve brings it back, same port
+        (server_pid,) = _servers(str(tmp_path))
+        os.kill(server_pid, signal.SIGKILL)
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any("Triton ready again" in ln for ln in lines):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        assert any("tritonserver exited with status -9" in ln and "restarting (1/3)" in ln for ln in lines), lines
+        assert any("Triton ready again" in ln for ln in lines), lines
+        assert list((tmp_path / "cache").glob("tritonserver-*.died-1.log"))
+        with InferenceClient(http) as client:
+            assert client.infer("cnn", held_out[0][:2]).shape == (2, 10)
+        assert _servers(str(tmp_path)) != [server_pid] and len(_stubs(path=str(tmp_path))) == 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         assert "Triton stopped" in proc.stdout.read()

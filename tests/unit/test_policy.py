@@ -426,3 +426,13 @@ def test_far_over_the_slo_batching_and_an_instance_come_in_one_reload():
     sim2 = Sim(ctx())  # over the SLO but not far: one rung at a time
     sim2.run(6, lambda t, **kw: win(t, latency_ms=60.0, util=0.97, rate=900, pending_requests=100, **kw))
     assert [r for _, _, r in sim2.log] == ["enable-dynamic-batching"] and sim2.config.instances == 1
+
+
+def test_requests_pending_with_none_completing_is_a_stall_not_light_load():
+    """Seen on Triton 2.51: after aborting on heap corruption it still answered /metrics, 6 requests pending, 0 done;
+    the controller took that for light load and removed an instance. A stuck server gets no reload."""
+    sim = Sim(ctx(), ServingConfig("fp32", 2, 1, True, 500, (4, 8, 16)))
+    stuck = lambda t, **kw: win(t, latency_ms=0.0, util=0.0, rate=0.0, pending_requests=6, **kw)  # noqa: E731
+    decisions = sim.run(120, stuck)
+    assert sim.log == [] and {d.rule for d in decisions} == {"stalled"}
+    assert "Triton looks stuck" in decisions[0].reason
