@@ -600,6 +600,9 @@ def judge(before: Window, after: Window, p: Pending, ctx: Context, cfg: Controll
         return "idle"
     if after.failure_rate > before.failure_rate + 0.01:
         return "worse"
+    if before.requests == 0 and before.pending_requests == 0:
+        # Taken with no traffic (a dominating variant): the first loaded window is no evidence against it.
+        return "same"
     if p.rule in DOWN_RULES:  # gave capacity back: the SLO must still hold with room to spare
         over = after.avg_latency_ms > ctx.objective.p99_latency_ms * 0.5
         backlog = after.pending_requests > 4 * max(p.after.instances, 1)

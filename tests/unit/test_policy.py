@@ -349,7 +349,7 @@ DOMINATED = {**VARIANTS, "pruned": VariantInfo("pruned", "cnn_pruned", 0.978, 7.
 
 
 def idle(t, instances=1, **kw):
-    return win(t, rate=0.0, util=0.0, instances=instances, **kw)
+    return win(t, latency_ms=0.0, rate=0.0, util=0.0, instances=instances, **kw)  # Triton's means read 0 then
 
 
 @pytest.mark.parametrize(
@@ -436,3 +436,13 @@ def test_requests_pending_with_none_completing_is_a_stall_not_light_load():
     decisions = sim.run(120, stuck)
     assert sim.log == [] and {d.rule for d in decisions} == {"stalled"}
     assert "Triton looks stuck" in decisions[0].reason
+
+
+def test_a_switch_taken_with_no_traffic_is_not_judged_against_the_empty_window():
+    """Traffic arriving after a switch at idle reads 'slower' than the empty window the switch was taken in; that
+    rolled a dominating variant back to fp32 in a benchmark run, just as 850 req/s arrived."""
+    sim = Sim(Context(objective=Objective(SLO, 0.97), variants=DOMINATED, cores=2))
+    sim.run(2, idle)
+    assert sim.log == [(2.0, "apply", "free-faster-variant")]
+    sim.run(60, lambda t, **kw: win(t, latency_ms=10.0, util=0.6, **kw))
+    assert [r for _, _, r in sim.log] == ["free-faster-variant"] and sim.config.variant == "pruned"
