@@ -247,6 +247,12 @@ class RulePolicy:
 
     def _up(self, w: Window, c: ServingConfig, ctx: Context, why: str) -> Iterator[Proposal]:
         util = utilization(w, c)
+        if why.startswith("instances"):
+            # Busy instances with latency still in bounds call for another instance and nothing else: longer
+            # delays under that signal cost reloads under load and slowed a drain in our integration runs.
+            if c.instances < max_instances(ctx):
+                yield Proposal(replace(c, instances=c.instances + 1), "up", "add-instance", why)
+            return
         if not c.dynamic_batching:
             sizes = tuple(b for b in self.preferred_batch_sizes if b <= ctx.max_batch_size)
             delay = min(self.initial_delay_us, ctx.delay_cap_us)

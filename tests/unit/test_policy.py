@@ -416,6 +416,9 @@ def test_instances_busy_all_the_time_are_pressure_even_while_latency_is_low():
     sim2 = Sim(ctx(), ServingConfig("fp32", 1, 2, True, 500, (4, 8, 16)))
     sim2.run(60, lambda t, **kw: win(t, latency_ms=3.0, util=0.85, rate=900, **kw))
     assert sim2.log == []  # busy but with headroom: nothing to do
+    sim3 = Sim(ctx(), ServingConfig("fp32", 2, 1, True, 500, (4, 8, 16)))
+    sim3.run(60, saturated)
+    assert sim3.log == []  # at the instance limit, busy alone reloads nothing (no longer delays)
 
 
 def test_far_over_the_slo_batching_and_an_instance_come_in_one_reload():
