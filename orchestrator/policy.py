@@ -143,10 +143,15 @@ def utilization(w: Window, config: ServingConfig) -> float:
     the estimate can exceed 1; it is capped, and the machine's CPU use (which Triton reports) raises it when the
     cores are saturated anyway.
     """
-    busy = min(1.0, w.busy_s / max(w.interval_s * config.instances, 1e-9))
+    busy = min(1.0, busy_share(w, config))
     if w.cpu_utilization is not None and w.cpu_utilization > 0.95 and w.requests:
         busy = max(busy, w.cpu_utilization)
     return busy
+
+
+def busy_share(w: Window, config: ServingConfig) -> float:
+    """Execution time of the instances over the window's span, uncapped (a backlog can push it past 1)."""
+    return w.busy_s / max(w.interval_s * config.instances, 1e-9)
 
 
 def slo_met(w: Window, objective: Objective) -> bool:
@@ -168,7 +173,7 @@ def pressure(w: Window, config: ServingConfig, ctx: Context, t: Thresholds) -> s
     # Instances busy all the time leave no headroom: the queue grows with the next rise in load, and the client
     # (sharing the cores on CPU) sees it before Triton's own means do. Execution time only, not the machine's CPU
     # use: a saturated CPU alone is no reason for a reload.
-    busy = w.busy_s / max(w.interval_s * config.instances, 1e-9)
+    busy = busy_share(w, config)
     if w.requests and busy >= t.utilization_over:
         return f"instances {min(busy, 1.0):.0%} busy"
     return None
@@ -275,10 +280,7 @@ class RulePolicy:
             )
         if c.instances < max_instances(ctx) and util >= self.thresholds.utilization_over * 0.8:
             yield Proposal(
-                replace(c, instances=c.instances + 1),
-                "up",
-                "add-instance",
-                why if why.startswith("instances") else f"{why}; instances {util:.0%} busy",
+                replace(c, instances=c.instances + 1), "up", "add-instance", f"{why}; instances {util:.0%} busy"
             )
         # A longer delay only helps while executed batches stay small; a long queue fills them anyway.
         target_batch = max(c.preferred_batch_sizes or (ctx.max_batch_size,))
