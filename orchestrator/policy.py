@@ -217,6 +217,15 @@ class RulePolicy:
         t = self.thresholds
         why = pressure(w, current, ctx, t)
         free = self._free(current, ctx, why)
+        if free is not None and why is not None:
+            # Under pressure the switch alone rarely holds the load, and each reload under load costs a drain (two
+            # copies on the same cores): the first variant-independent rung comes in the same reload.
+            for p in self._up(w, current, ctx, why):
+                if p.config.variant != current.variant:
+                    continue
+                combined = replace(p.config, variant=free.config.variant)
+                if allowed(combined):
+                    return replace(free, config=combined, reason=f"{free.reason}; with {p.rule} in the same reload")
         if free is not None and allowed(free.config):
             return free
         if why is not None:

@@ -49,13 +49,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def restart(server: TritonServer, code: int | None, n: int, limit: int) -> None:
+def restart(server: TritonServer, why: str, n: int, limit: int) -> None:
     """Bring a dead tritonserver back on the same ports, keeping the dead one's log (Triton 2.51's Python backend
     has aborted under load with heap corruption, a known upstream bug, not something a config change can avoid)."""
     kept = server.log_path.with_name(f"{server.log_path.stem}.died-{n}.log")
-    server.stop()  # also kills stubs the dead server left behind
+    server.stop()  # also kills a server that aborted without exiting, and the stubs a dead server left behind
     server.log_path.rename(kept)
-    print(f"tritonserver exited with status {code} (log kept: {kept}); restarting ({n}/{limit})", flush=True)
+    print(f"tritonserver {why} (log kept: {kept}); restarting ({n}/{limit})", flush=True)
     server.options = replace(
         server.options,
         http_port=server.http_port,
@@ -113,15 +113,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"  log      {server.log_path}   (Ctrl-C to stop)", flush=True)
         restarts = 0
         while not stop.wait(0.5):
-            if server.proc is None or server.proc.poll() is not None:
-                code = server.proc.returncode if server.proc is not None else None
+            exited = server.proc is None or server.proc.poll() is not None
+            fatal = None if exited else server.fatal_error()  # aborted but still alive: neither serves nor exits
+            if exited or fatal:
+                why = (
+                    f"exited with status {server.proc.returncode if server.proc is not None else None}"
+                    if exited
+                    else f"aborted without exiting ({fatal})"
+                )
                 if restarts >= args.restarts:
-                    raise ServerError(
-                        f"tritonserver exited unexpectedly (status {code}) after {restarts} restarts; "
-                        f"see {server.log_path}"
-                    )
+                    raise ServerError(f"tritonserver {why} after {restarts} restarts; see {server.log_path}")
                 restarts += 1
-                restart(server, code, restarts, args.restarts)
+                restart(server, why, restarts, args.restarts)
     finally:
         server.stop()
         print("Triton stopped", flush=True)

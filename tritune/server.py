@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -134,6 +135,13 @@ class ServerOptions:
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
 
+# tritonserver's own handler prints "Signal (N) received." (15 and 2 are a normal stop); glibc prints its heap checks.
+FATAL_LOG_LINE = re.compile(
+    r"Signal \((?:4|6|7|8|11)\) received|malloc\(\)|malloc_consolidate\(\)|free\(\): |tcache_thread_shutdown|"
+    r"double free|corrupted (?:size|double-linked)"
+)
+
+
 class TritonServer:
     """A local tritonserver child process; use as a context manager or call :meth:`start` / :meth:`stop`."""
 
@@ -145,6 +153,8 @@ class TritonServer:
         self.metrics_port = options.metrics_port
         self._log_file = None
         self.log_path: Path | None = None
+        self._log_scanned = 0  # bytes of the log already searched for a fatal signal
+        self._fatal: str | None = None
 
     # -- endpoints -----------------------------------------------------------------------------------------------
     @property
@@ -203,6 +213,7 @@ class TritonServer:
         self.log_path = Path(o.log_path) if o.log_path else Path(o.cache_dir) / f"tritonserver-{self.http_port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "w")  # noqa: SIM115 - lives as long as the server
+        self._log_scanned, self._fatal = 0, None
         self.proc = subprocess.Popen(
             self.command(binary, backends),
             env=server_env(binary),
@@ -222,6 +233,24 @@ class TritonServer:
         if not self.log_path or not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def fatal_error(self) -> str | None:
+        """The first line of the log saying tritonserver aborted (heap corruption, SIGABRT, SIGSEGV), or None.
+
+        Triton 2.51 catches these signals and then may neither exit nor serve (it goes on answering /metrics):
+        watching the process alone misses that state. Reads only what the log gained since the last call."""
+        if self._fatal is not None or self.log_path is None or not self.log_path.exists():
+            return self._fatal
+        with self.log_path.open("rb") as fh:
+            fh.seek(self._log_scanned)
+            chunk = fh.read()
+        end = chunk.rfind(b"\n") + 1  # a line still being written is read next time
+        self._log_scanned += end
+        for line in chunk[:end].decode(errors="replace").splitlines():
+            if FATAL_LOG_LINE.search(line):
+                self._fatal = line.strip()
+                break
+        return self._fatal
 
     def is_ready(self) -> bool:
         try:

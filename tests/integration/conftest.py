@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,31 @@ import pytest
 from tritune.server import ServerOptions, TritonServer
 
 ADMIN_KEY = "test-admin-key"
+
+
+class TritonAborted(Exception):
+    """tritonserver itself aborted during the test: the run says nothing about our code (see below)."""
+
+
+@contextmanager
+def triton_abort_is_inconclusive(*servers: TritonServer | list[TritonServer]) -> Iterator[None]:
+    """A failure in a run where tritonserver aborted is re-raised as :class:`TritonAborted`, which
+    ``@pytest.mark.flaky(reruns=2, only_rerun=["TritonAborted"])`` reruns, and nothing else is.
+
+    Triton 2.51 (the newest the pytriton wheel ships) sometimes corrupts its heap when a model is reloaded under
+    load (``malloc(): unaligned tcache chunk detected``; upstream, e.g. triton-inference-server/server#7723,
+    tensorrtllm_backend#587). Reloading under load is what the orchestrator is for, so its tests hit it now and
+    then. How the orchestrator copes with a dead or stuck Triton is tested on its own. A list argument is read
+    when the failure happens (servers started later in the test).
+    """
+    try:
+        yield
+    except Exception as exc:
+        flat = [x for s in servers for x in (s if isinstance(s, list) else [s])]
+        fatal = next((f for f in (x.fatal_error() for x in flat) if f), None)
+        if fatal is None:
+            raise
+        raise TritonAborted(f"tritonserver aborted during the run ({fatal}); the test failed with: {exc!r}") from exc
 
 
 def start_server(repository: Path, cache: Path, models: tuple[str, ...], **kw) -> TritonServer:
