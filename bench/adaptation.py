@@ -35,7 +35,7 @@ def small_sweep(bench: Bench) -> dict:
         return run_sweep(gen, applier, server.grpc_url, "cnn", bench.images, bench.labels, rule=StabilityRule())
 
 
-def run_arm(bench: Bench, arm: str, shape, oracle, tag: str) -> dict:
+def run_arm(bench: Bench, arm: str, shape, oracle, tag: str, lead_in_s: float = 0.0) -> dict:
     rate = lambda t: shape.value(t) or shape.value(shape.duration_s - 1e-6)  # noqa: E731
     with bench.server(tag) as server:
         orch = None
@@ -43,7 +43,9 @@ def run_arm(bench: Bench, arm: str, shape, oracle, tag: str) -> dict:
             bench.set_config(server, oracle)
             bench.settle(server, 2.0)
         if arm == "orchestrator":
-            result, orch = bench.orchestrated(server, shape.duration_s, rate, log=bench.runs_dir / f"{tag}.jsonl")
+            result, orch = bench.orchestrated(
+                server, shape.duration_s, rate, log=bench.runs_dir / f"{tag}.jsonl", lead_in_s=lead_in_s
+            )
         else:
             result = bench.load(server, shape.duration_s, rate)
     windows = result.windows(WINDOW_S, bench.slo_ms)
@@ -62,7 +64,8 @@ def run_arm(bench: Bench, arm: str, shape, oracle, tag: str) -> dict:
         out.update(
             actions=len(acts),
             action_rules=[a["rule"] for a in acts],
-            action_times_s=[round(a["t_s"] - orch.history[0]["t_s"], 1) for a in acts],
+            # seconds after the load started (negative: during the lead-in, before any request)
+            action_times_s=[round(a["t_s"] - orch.history[0]["t_s"] - lead_in_s, 1) for a in acts],
             rollbacks=orch.state.rollbacks,
             final_config=orch.current.describe() if orch.current else None,
         )
@@ -85,12 +88,26 @@ def main() -> int:
     ap.add_argument("--spike-factor", type=float, default=5.0)
     ap.add_argument("--spike-s", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--lead-in-s",
+        type=float,
+        default=10.0,
+        help="the orchestrator is attached this long before the load starts, as in a deployment where it runs all "
+        "along (0: both start together); the oracle arm gets its config before the load too",
+    )
+    ap.add_argument(
+        "--headroom",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the orchestrator provisions batching and an instance per core while the load is low (default: on, "
+        "as `tritune orchestrate`)",
+    )
     ap.add_argument("--oracle", type=Path, default=None, help="a sweep.json whose best config is the oracle")
     ap.add_argument("--runs-dir", type=Path, default=Path("runs/bench-adaptation"))
     args = ap.parse_args()
 
     args.accuracy_floor = default_floor(args.repository, args.accuracy_floor)
-    bench = Bench(args.repository, args.runs_dir, args.slo_ms, args.accuracy_floor)
+    bench = Bench(args.repository, args.runs_dir, args.slo_ms, args.accuracy_floor, headroom=args.headroom)
     sweep = json.loads(args.oracle.read_text()) if args.oracle else small_sweep(bench)
     oracle = config_from(sweep["best"]["config"])
     b = args.base_rate
@@ -105,7 +122,9 @@ def main() -> int:
     for i in range(args.repeats):
         run = {}
         for load_name, shape in loads.items():
-            run[load_name] = {arm: run_arm(bench, arm, shape, oracle, f"r{i}-{load_name}-{arm}") for arm in arms}
+            run[load_name] = {
+                arm: run_arm(bench, arm, shape, oracle, f"r{i}-{load_name}-{arm}", args.lead_in_s) for arm in arms
+            }
         runs.append(run)
     summary = {
         load: {
@@ -133,6 +152,8 @@ def main() -> int:
         "window_s": WINDOW_S,
         "loads": {k: v.describe() for k, v in loads.items()},
         "oracle_config": oracle.describe(),
+        "orchestrator_lead_in_s": args.lead_in_s,
+        "orchestrator_headroom": args.headroom,
         "repeats": args.repeats,
         "median": summary,
         "goal_orchestrator_ge_99pct_and_0_failed": all(

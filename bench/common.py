@@ -37,6 +37,7 @@ class Bench:
     slo_ms: float
     floor: float
     interval_s: float = 1.0
+    headroom: bool = True  # the orchestrate command's default on the CPU
 
     def __post_init__(self) -> None:
         self.manifest = read_manifest(self.repository)
@@ -46,7 +47,12 @@ class Bench:
             n: VariantInfo(n, v["model_name"], v["top1"], v["latency_ms"]["batch_32"])
             for n, v in self.manifest["variants"].items()
         }
-        self.ctx = Context(objective=Objective(self.slo_ms, self.floor), variants=variants, cores=os.cpu_count() or 1)
+        self.ctx = Context(
+            objective=Objective(self.slo_ms, self.floor),
+            variants=variants,
+            cores=os.cpu_count() or 1,
+            headroom=self.headroom,
+        )
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self._n = 0
 

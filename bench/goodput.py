@@ -160,6 +160,13 @@ def main() -> int:
         help="the orchestrator is attached to the default-configured Triton this long before traffic starts "
         "(0: both start together, a cold start under full load)",
     )
+    ap.add_argument(
+        "--headroom",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the orchestrator provisions batching and an instance per core while the load is low (default: on, "
+        "as `tritune orchestrate`)",
+    )
     ap.add_argument("--bisect-steps", type=int, default=2, help="orchestrator: bisection steps below the oracle")
     ap.add_argument("--runs-dir", type=Path, default=Path("runs/bench-goodput"))
     ap.add_argument(
@@ -171,7 +178,7 @@ def main() -> int:
     args.accuracy_floor = default_floor(args.repository, args.accuracy_floor)
     if args.probe_s is None:  # every arm judged over the same span: a short probe flatters a config near its limit
         args.probe_s = 3.0 + args.measure_s
-    bench = Bench(args.repository, args.runs_dir, args.slo_ms, args.accuracy_floor)
+    bench = Bench(args.repository, args.runs_dir, args.slo_ms, args.accuracy_floor, headroom=args.headroom)
     with timed() as t_sweep:
         sweep = json.loads(args.oracle.read_text()) if args.oracle else oracle_sweep(bench, args)
     (args.runs_dir / "sweep.json").write_text(json.dumps(sweep, indent=1))
@@ -211,6 +218,7 @@ def main() -> int:
         "accuracy_floor": round(args.accuracy_floor, 4),
         "repeats": args.repeats,
         "orchestrator_lead_in_s": args.lead_in_s,
+        "orchestrator_headroom": args.headroom,
         "judged_s": {"static": args.probe_s - 3.0, "orchestrator": args.measure_s, "after_s": args.converge_s},
         "oracle_config": oracle.describe(),
         "oracle_sweep": {

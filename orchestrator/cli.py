@@ -64,6 +64,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="gpu: GPU memory one more instance takes; 0 estimates it with NVML at start (default: %(default)s)",
     )
     g.add_argument("--max-instances", type=int, default=4, help="(default: %(default)s)")
+    g.add_argument(
+        "--headroom",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cpu: hold batching and one instance per core whatever the load, set up while the load is low, so "
+        "that a rise needs no reload under load; ignored on gpu (default: on)",
+    )
     g.add_argument("--upscale-delay-s", type=float, default=4.0, help="(default: %(default)s)")
     g.add_argument("--downscale-delay-s", type=float, default=20.0, help="(default: %(default)s)")
     g.add_argument("--cooldown-s", type=float, default=6.0, help="(default: %(default)s)")
@@ -78,6 +85,7 @@ def context_from_manifest(
     max_batch_size: int,
     kind: str = "cpu",
     gpu_memory_per_instance_bytes: float = 0.0,
+    headroom: bool = False,
 ) -> Context:
     manifest = read_manifest(repository)
     variants = {
@@ -95,6 +103,7 @@ def context_from_manifest(
         max_instances=max_instances,
         max_batch_size=max_batch_size,
         gpu_memory_per_instance_bytes=gpu_memory_per_instance_bytes,
+        headroom=headroom,
     )
 
 
@@ -122,6 +131,7 @@ def build(args: argparse.Namespace) -> Orchestrator:
         config.max_batch_size,
         kind=args.kind,
         gpu_memory_per_instance_bytes=gpu_memory_per_instance_bytes(args, config.instance_count),
+        headroom=args.headroom,
     )
     guards = GuardConfig(
         upscale_delay_s=args.upscale_delay_s, downscale_delay_s=args.downscale_delay_s, cooldown_s=args.cooldown_s

@@ -81,6 +81,9 @@ class Context:
     max_batch_size: int = 64
     max_queue_delay_us: int = 0  # 0: a quarter of the SLO
     gpu_memory_per_instance_bytes: float = 0.0
+    # CPU: hold batching and one instance per core at any load (instances share the same cores, so an idle one
+    # costs memory only): the capacity is then in place before load rises, with no reload under load.
+    headroom: bool = False
 
     def __post_init__(self) -> None:
         allowed = [v for v in self.variants.values() if v.top1 >= self.objective.accuracy_floor]
@@ -226,8 +229,23 @@ class RulePolicy:
                 combined = replace(p.config, variant=free.config.variant)
                 if allowed(combined):
                     return replace(free, config=combined, reason=f"{free.reason}; with {p.rule} in the same reload")
+        headroom = self._headroom(current, ctx) if why is None else None
+        if free is not None and headroom is not None:
+            combined = replace(headroom, variant=free.config.variant)
+            if allowed(combined):
+                return replace(
+                    free, config=combined, reason=f"{free.reason}; with provision-headroom in the same reload"
+                )
         if free is not None and allowed(free.config):
             return free
+        if headroom is not None and allowed(headroom):
+            return Proposal(
+                headroom,
+                "free",
+                "provision-headroom",
+                "no pressure: batching and one instance per core now, so that a rise in load needs no reload "
+                "(on the CPU idle instances cost memory only)",
+            )
         if why is not None:
             candidates = self._up(w, current, ctx, why)
         elif light(w, current, ctx, t):
@@ -235,6 +253,17 @@ class RulePolicy:
         else:
             return None
         return next((p for p in candidates if allowed(p.config)), None)
+
+    def _headroom(self, c: ServingConfig, ctx: Context) -> ServingConfig | None:
+        if not ctx.headroom or ctx.kind != "cpu":
+            return None
+        target = c
+        if not c.dynamic_batching:
+            sizes = tuple(b for b in self.preferred_batch_sizes if b <= ctx.max_batch_size)
+            delay = min(self.initial_delay_us, ctx.delay_cap_us)
+            target = replace(target, dynamic_batching=True, max_queue_delay_us=delay, preferred_batch_sizes=sizes)
+        target = replace(target, instances=max(c.instances, max_instances(ctx)))
+        return target if target != c else None
 
     def _free(self, c: ServingConfig, ctx: Context, why: str | None) -> Proposal | None:
         """A much cheaper variant that is at least as accurate dominates the current one at any load: it comes
@@ -335,7 +364,8 @@ class RulePolicy:
                 f"light load ({util:.0%} busy): less waiting per request",
             )
         if (
-            c.instances > ctx.min_instances
+            not (ctx.headroom and ctx.kind == "cpu")
+            and c.instances > ctx.min_instances
             and util * c.instances / (c.instances - 1) < self.thresholds.utilization_light
         ):
             yield Proposal(
@@ -602,7 +632,7 @@ def _propose(w, current, state, ctx, policy, cfg, now_s):
 
 DRAIN_WAIT_S = 45.0  # hold at most this long after an action for an old version to finish draining
 DOWN_RULES = ("restore-variant", "remove-instance", "shorten-queue-delay")
-FREE_RULES = ("free-faster-variant",)
+FREE_RULES = ("free-faster-variant", "provision-headroom")  # kept unless the windows say worse
 SUMMARY_WINDOW_S = 60.0  # Triton 2.51 keeps its latency summaries over about this long
 
 
@@ -620,6 +650,10 @@ def judge(before: Window, after: Window, p: Pending, ctx: Context, cfg: Controll
     if before.requests == 0 and before.pending_requests == 0:
         # Taken with no traffic (a dominating variant): the first loaded window is no evidence against it.
         return "same"
+    if p.rule == "provision-headroom" and before.pending_requests <= 4 * max(p.before.instances, 1):
+        # Capacity added ahead of load: a batching delay may cost a light load a fraction of a millisecond, which
+        # is no regression; only missing the SLO is.
+        return "same" if slo_met(after, ctx.objective) else "worse"
     if p.rule in DOWN_RULES:  # gave capacity back: the SLO must still hold with room to spare
         over = after.avg_latency_ms > ctx.objective.p99_latency_ms * 0.5
         backlog = after.pending_requests > 4 * max(p.after.instances, 1)
@@ -635,7 +669,9 @@ def judge(before: Window, after: Window, p: Pending, ctx: Context, cfg: Controll
         # service rate alone tells the configs apart.
         return "better" if more else "worse" if less else "same"
     faster = after.avg_latency_ms < before.avg_latency_ms * (1 - tol)
-    slower = after.avg_latency_ms > before.avg_latency_ms * (1 + tol)
+    # a longer batching delay the action chose may cost each request up to that delay: that alone is no regression
+    added_delay_ms = max(0, p.after.max_queue_delay_us - p.before.max_queue_delay_us) / 1000
+    slower = after.avg_latency_ms > before.avg_latency_ms * (1 + tol) + added_delay_ms
     if (
         more
         or draining

@@ -20,7 +20,7 @@ class TritonAborted(Exception):
 @contextmanager
 def triton_abort_is_inconclusive(*servers: TritonServer | list[TritonServer]) -> Iterator[None]:
     """A failure in a run where tritonserver aborted is re-raised as :class:`TritonAborted`, which
-    ``@pytest.mark.flaky(reruns=2, only_rerun=["TritonAborted"])`` reruns, and nothing else is.
+    ``@pytest.mark.flaky(reruns=3, only_rerun=["TritonAborted"])`` reruns, and nothing else is.
 
     Triton 2.51 (the newest the pytriton wheel ships) sometimes corrupts its heap when a model is reloaded under
     load (``malloc(): unaligned tcache chunk detected``; upstream, e.g. triton-inference-server/server#7723,

@@ -54,7 +54,7 @@ def fresh_server(quick_repository, server_cache):
     srv.stop()
 
 
-@pytest.mark.flaky(reruns=2, only_rerun=["TritonAborted"])
+@pytest.mark.flaky(reruns=3, only_rerun=["TritonAborted"])
 def test_reaches_a_config_that_holds_the_slo_where_the_default_could_not(
     fresh_server, quick_repository, held_out, tmp_path
 ):
@@ -96,7 +96,7 @@ def reaches_a_config_that_holds_the_slo(server, quick_repository, held_out, tmp_
     assert live == orch.current and (live.dynamic_batching or live.variant != "fp32")
 
 
-@pytest.mark.flaky(reruns=2, only_rerun=["TritonAborted"])
+@pytest.mark.flaky(reruns=3, only_rerun=["TritonAborted"])
 def test_survives_a_triton_restart_and_reapplies_the_last_good_config(
     quick_repository, server_cache, held_out, tmp_path
 ):
@@ -184,14 +184,15 @@ def test_orchestrate_command_serves_its_metrics_and_logs_decisions(fresh_server,
         text = ""
         deadline = time.monotonic() + 30
         # the SLO gauge is set at start, the config gauges once the first tick has read Triton's config
-        while time.monotonic() < deadline and "tritune_config_instances 1.0" not in text:
+        while time.monotonic() < deadline and "tritune_config_instances " not in text:
             time.sleep(0.5)
             try:
                 text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
             except OSError:
                 continue
-        # With no traffic at all the only action it may take is a switch to a variant that dominates fp32 (as
-        # accurate, ≥ 1.5× cheaper by the manifest): the quick build's int8 usually is one.
+        # With no traffic at all it takes one action: headroom (batching, one instance per core) and, in the same
+        # reload, a switch to a variant that dominates fp32 (as accurate, ≥ 1.5× cheaper by the manifest) if the
+        # build has one: the quick build's int8 usually is.
         variants = read_manifest(quick_repository)["variants"]
         fp32 = variants["fp32"]
         dominating = sorted(
@@ -201,18 +202,21 @@ def test_orchestrate_command_serves_its_metrics_and_logs_decisions(fresh_server,
         )
         served = [dominating[0][1]] if dominating else []
         assert "tritune_slo_p99_latency_ms 80.0" in text
-        assert "tritune_config_instances 1.0" in text
+        assert "tritune_config_instances 1.0" in text or "tritune_config_instances 2.0" in text, text
         assert any(f'tritune_config_variant{{variant="{v}"}} 1.0' in text for v in ["fp32", *served]), text
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    assert f"stopped: {len(served)} actions" in out, out
+    assert "stopped: 1 actions" in out, out
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert records[0]["event"] == "start" and records[-1]["event"] == "stop"
     actions = [r for r in records if r["event"] == "action"]
-    assert [(a["rule"], a["after"]["variant"]) for a in actions] == [("free-faster-variant", v) for v in served]
+    rule = "free-faster-variant" if served else "provision-headroom"
+    assert [(a["rule"], a["after"]["variant"]) for a in actions] == [(rule, (served or ["fp32"])[0])]
+    after = actions[0]["after"]
+    assert after["dynamic_batching"] and after["instances"] == min(os.cpu_count() or 1, 4)
 
 
 @pytest.mark.parametrize(

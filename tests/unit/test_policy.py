@@ -453,3 +453,50 @@ def test_a_switch_taken_with_no_traffic_is_not_judged_against_the_empty_window()
     assert sim.log == [(2.0, "apply", "free-faster-variant")]
     sim.run(60, lambda t, **kw: win(t, latency_ms=10.0, util=0.6, **kw))
     assert [r for _, _, r in sim.log] == ["free-faster-variant"] and sim.config.variant == "pruned"
+
+
+# -- headroom (CPU): capacity in place before the load rises -----------------------------------------------------
+@pytest.mark.parametrize("load", [idle, lambda t, **kw: win(t, latency_ms=3.0, util=0.1, **kw)], ids=["idle", "light"])
+def test_headroom_provisions_batching_and_an_instance_per_core_in_one_reload_and_keeps_them(load):
+    sim = Sim(ctx(headroom=True))
+    sim.run(2, load)
+    assert sim.log == [(2.0, "apply", "provision-headroom")]  # no persistence delay, one reload
+    assert sim.config == ServingConfig("fp32", 2, 1, True, 500, (4, 8, 16))
+    decisions = sim.run(200, load)
+    # kept: no down rung gives the instance back at light load, nothing flaps
+    assert sim.log == [(2.0, "apply", "provision-headroom")] and sim.config.instances == 2
+    assert any((d.verified or {}).get("outcome") == "kept" for d in decisions)
+
+
+def test_headroom_kept_though_the_batching_delay_adds_a_little_latency():
+    sim = Sim(ctx(headroom=True))
+
+    def light(t, instances=1, config=DEFAULT, **kw):  # +0.4 ms once batching waits for company
+        return win(t, latency_ms=3.4 if config.dynamic_batching else 3.0, util=0.1, instances=instances, **kw)
+
+    light.needs_config = True
+    sim.run(60, light)
+    assert [r for _, _, r in sim.log] == ["provision-headroom"] and sim.config.dynamic_batching
+
+
+def test_headroom_with_a_dominating_variant_is_one_reload():
+    sim = Sim(Context(objective=Objective(SLO, 0.97), variants=DOMINATED, cores=2, headroom=True))
+    sim.run(2, idle)
+    assert [r for _, _, r in sim.log] == ["free-faster-variant"]
+    assert sim.config == ServingConfig("pruned", 2, 1, True, 500, (4, 8, 16))
+    assert "with provision-headroom in the same reload" in sim.reasons[0]
+    sim.run(120, idle)
+    assert len(sim.log) == 1
+
+
+def test_no_headroom_on_gpus_or_when_off():
+    for context in (ctx(headroom=True, kind="gpu"), ctx()):
+        sim = Sim(context)
+        sim.run(60, idle)
+        assert sim.log == []
+
+
+def test_headroom_waits_while_under_pressure_the_ladder_decides():
+    sim = Sim(ctx(headroom=True))
+    sim.run(6, overloaded)
+    assert sim.log[0][2] != "provision-headroom"
