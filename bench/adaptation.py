@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import WINDOW_S, Bench, default_floor, median
+from bench.common import WINDOW_S, Bench, add_headroom_argument, default_floor, median
 from bench.goodput import config_from
 from loadtest.measure import StabilityRule
 from loadtest.shapes import SpikeShape, StepShape
@@ -95,13 +95,7 @@ def main() -> int:
         help="the orchestrator is attached this long before the load starts, as in a deployment where it runs all "
         "along (0: both start together); the oracle arm gets its config before the load too",
     )
-    ap.add_argument(
-        "--headroom",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="the orchestrator provisions batching and an instance per core while the load is low (default: on, "
-        "as `tritune orchestrate`)",
-    )
+    add_headroom_argument(ap)
     ap.add_argument("--oracle", type=Path, default=None, help="a sweep.json whose best config is the oracle")
     ap.add_argument("--runs-dir", type=Path, default=Path("runs/bench-adaptation"))
     args = ap.parse_args()

@@ -4,6 +4,7 @@ open-loop load, the orchestrator under open-loop load, rate search, medians. Eve
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import statistics
@@ -184,3 +185,13 @@ def timed():
     t = {"start": time.monotonic()}
     yield t
     t["seconds"] = round(time.monotonic() - t["start"], 1)
+
+
+def add_headroom_argument(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument(
+        "--headroom",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the orchestrator provisions batching and an instance per core while the load is low (default: on, "
+        "as `tritune orchestrate`)",
+    )

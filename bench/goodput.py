@@ -29,7 +29,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Bench, converged_after_s, default_floor, median, meets_slo, rate_search, timed
+from bench.common import (
+    Bench,
+    add_headroom_argument,
+    converged_after_s,
+    default_floor,
+    median,
+    meets_slo,
+    rate_search,
+    timed,
+)
 from loadtest.measure import StabilityRule
 from loadtest.openloop import constant
 from loadtest.sweep import SweepGenerator, SweepSpace, run_sweep
@@ -160,13 +169,7 @@ def main() -> int:
         help="the orchestrator is attached to the default-configured Triton this long before traffic starts "
         "(0: both start together, a cold start under full load)",
     )
-    ap.add_argument(
-        "--headroom",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="the orchestrator provisions batching and an instance per core while the load is low (default: on, "
-        "as `tritune orchestrate`)",
-    )
+    add_headroom_argument(ap)
     ap.add_argument("--bisect-steps", type=int, default=2, help="orchestrator: bisection steps below the oracle")
     ap.add_argument("--runs-dir", type=Path, default=Path("runs/bench-goodput"))
     ap.add_argument(
