@@ -66,7 +66,7 @@ def run_arm(bench: Bench, arm: str, shape, oracle, tag: str, lead_in_s: float = 
             action_rules=[a["rule"] for a in acts],
             # seconds after the load started (negative: during the lead-in, before any request)
             action_times_s=[round(a["t_s"] - orch.history[0]["t_s"] - lead_in_s, 1) for a in acts],
-            rollbacks=orch.state.rollbacks,
+            rollbacks=orch.rollbacks,
             final_config=orch.current.describe() if orch.current else None,
         )
     print(

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import os
+import signal
 import statistics
 import sys
 import threading
@@ -56,6 +58,8 @@ class Bench:
         )
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self._n = 0
+        # A killed benchmark stops its Triton too: SIGTERM unwinds like Ctrl-C, through the servers' context managers.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     def server(self, tag: str) -> TritonServer:
         self._n += 1
@@ -90,29 +94,61 @@ class Bench:
 
     def orchestrated(
         self, server: TritonServer, seconds: float, rate: RateFn, log: Path | None = None, lead_in_s: float = 0.0
-    ) -> tuple[LoadResult, Orchestrator]:
+    ) -> tuple[LoadResult, OrchestratorRun]:
         """``seconds`` of load at ``rate`` with the orchestrator on; ``lead_in_s``: the orchestrator is attached
-        this long before the load starts (it runs all along in a deployment, traffic arrives later)."""
-        orch = Orchestrator(
-            self.applier(server),
-            self.ctx,
-            LoopOptions(
-                model="cnn",
-                metrics_url=server.metrics_url,
-                interval_s=self.interval_s,
-                decision_log=log,
-                controller=BENCH_CONTROLLER,
-            ),
+        this long before the load starts (it runs all along in a deployment, traffic arrives later).
+
+        The orchestrator runs in a process of its own, as ``tritune orchestrate`` does: in a thread of this one it
+        would take the GIL from the open-loop generator (each scrape parses Triton's metrics text), delay sends and
+        so add latency that only the orchestrator's arm pays.
+        """
+        mp = multiprocessing.get_context("spawn")
+        ready, stop, results = mp.Event(), mp.Event(), mp.Queue()
+        options = LoopOptions(
+            model="cnn", metrics_url=server.metrics_url, interval_s=self.interval_s, decision_log=log,
+            controller=BENCH_CONTROLLER,
+        )  # fmt: skip
+        max_s = lead_in_s + seconds + 10
+        child = mp.Process(
+            target=_orchestrate, args=(server.grpc_url, self.ctx, options, max_s, ready, stop, results), daemon=True
         )
-        loop = threading.Thread(target=orch.run, args=(lead_in_s + seconds + 10,), daemon=True)
-        loop.start()
+        child.start()
         try:
+            deadline = time.monotonic() + 60
+            while not ready.wait(0.2):
+                if not child.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the orchestrator process did not start (exit code {child.exitcode}); see above"
+                    )
             time.sleep(lead_in_s)
             result = self.load(server, seconds, rate)
         finally:
-            orch.stop()
-            loop.join(timeout=60)
-        return result, orch
+            stop.set()
+        run = results.get(timeout=90)
+        child.join(timeout=30)
+        return result, run
+
+
+@dataclass
+class OrchestratorRun:
+    """What the benchmarks read of an orchestrator that ran in its own process."""
+
+    history: list[dict]
+    rollbacks: int
+    current: ServingConfig | None
+
+
+def _orchestrate(grpc_url: str, ctx: Context, options: LoopOptions, max_s: float, ready, stop, results) -> None:
+    orch = Orchestrator(Applier(InferenceClient(grpc_url, "grpc", admin_key=KEY, timeout_s=120), "cnn"), ctx, options)
+    loop = threading.Thread(target=orch.run, args=(max_s,), daemon=True)
+    loop.start()
+    ready.set()
+    try:
+        stop.wait(max_s)
+    finally:
+        orch.stop()
+        loop.join(timeout=60)
+        results.put(OrchestratorRun(list(orch.history), orch.state.rollbacks, orch.current))
 
 
 def default_floor(repository: Path, floor: float) -> float:
@@ -124,6 +160,29 @@ def meets_slo(result: LoadResult, slo_ms: float, skip_s: float) -> tuple[bool, d
     s = result.summary(slo_ms, skip_s=skip_s)
     ok = s["failed"] == 0 and s["p99_ms"] is not None and s["p99_ms"] <= slo_ms
     return ok, s
+
+
+def retry_blips(probe, slo_ms: float, retries: int = 1, blip_limit: float = 10.0):
+    """``probe`` with a failure retried up to ``retries`` times when it looks like a stall of the machine, not of the
+    config: nothing failed and the p99 stayed under ``blip_limit`` × the SLO. A rate passes if any try passes.
+
+    On two shared cores the load generator, Triton and the OS now and then stall together for ~100–300 ms; one such
+    stall puts a 20-s probe's p99 over a 50-ms SLO whatever the config (it failed the oracle at 400 req/s between
+    passes at 375 and, earlier, 750). An overload builds a backlog instead: p99 in seconds, not retried. Every arm
+    goes through the same rule. Each try is kept in ``info["tries"]``.
+    """
+
+    def retried(rate: float):
+        tries = []
+        for _ in range(retries + 1):
+            ok, info = probe(rate)
+            tries.append({"ok": ok, **info})
+            p99 = info.get("p99_ms", info.get("p99_ms_last"))
+            if ok or info.get("failed") or p99 is None or p99 > blip_limit * slo_ms:
+                break
+        return ok, {**info, "tries": tries} if len(tries) > 1 else info
+
+    return retried
 
 
 def rate_search(probe, start: float, max_rate: float = 4000.0, bisect_steps: int = 3) -> tuple[float, list[dict]]:

@@ -14,7 +14,8 @@ a cold start, Triton's default config meeting the full rate at once). The orches
 oracle's rate (a static config tuned for that rate; the orchestrator starts from the default, so it is not
 expected to beat it) and then bisects between the default's and the oracle's rates. Reported: rates per arm
 (median of repeats), the ratios b/a, c/a, c/b, and the orchestrator's seconds to converge (from the first request)
-at its highest passing rate.
+at its highest passing rate. A failed probe that looks like a stall of the machine rather than an overload (nothing
+failed, p99 under 10× the SLO) is tried again (``--retries``, every arm alike; see ``retry_blips``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from bench.common import (
     median,
     meets_slo,
     rate_search,
+    retry_blips,
     timed,
 )
 from loadtest.measure import StabilityRule
@@ -93,7 +95,7 @@ def static_max_rate(bench: Bench, config: ServingConfig | None, args, tag: str) 
             print(f"  {tag}: {rate:7.1f} req/s → p99 {s['p99_ms']} ms {'ok' if ok else 'FAIL'}", file=sys.stderr)
             return ok, {"p99_ms": s["p99_ms"], "failed": s["failed"], "throughput_per_s": s["throughput_per_s"]}
 
-        return rate_search(probe, args.start_rate)
+        return rate_search(retry_blips(probe, bench.slo_ms, args.retries), args.start_rate)
 
 
 def orchestrated_probe(bench: Bench, rate: float, args, tag: str) -> tuple[bool, dict]:
@@ -114,7 +116,7 @@ def orchestrated_probe(bench: Bench, rate: float, args, tag: str) -> tuple[bool,
                 for r in orch.history
                 if r["event"] == "action"
             ],
-            "rollbacks": orch.state.rollbacks,
+            "rollbacks": orch.rollbacks,
             "final_config": orch.current.describe() if orch.current else None,
         }
         ok = ok and info["failed"] == 0
@@ -129,9 +131,10 @@ def orchestrated_probe(bench: Bench, rate: float, args, tag: str) -> tuple[bool,
 def orchestrator_max_rate(bench: Bench, a: float, b: float, args, tag: str) -> tuple[float, list[dict]]:
     """The oracle's rate first; then bisection between the default's and the oracle's rates."""
     trail = []
+    probe = retry_blips(lambda r: orchestrated_probe(bench, r, args, tag), bench.slo_ms, args.retries)
 
     def check(rate: float) -> bool:
-        ok, info = orchestrated_probe(bench, rate, args, tag)
+        ok, info = probe(rate)
         trail.append({"rate_per_s": round(rate, 1), "ok": ok, **info})
         return ok
 
@@ -170,6 +173,13 @@ def main() -> int:
         "(0: both start together, a cold start under full load)",
     )
     add_headroom_argument(ap)
+    ap.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="a failed probe that looks like a stall of the machine (nothing failed, p99 < 10x the SLO) is "
+        "retried this often; a rate passes if any try passes (every arm alike; 0: single probes)",
+    )
     ap.add_argument("--bisect-steps", type=int, default=2, help="orchestrator: bisection steps below the oracle")
     ap.add_argument("--runs-dir", type=Path, default=Path("runs/bench-goodput"))
     ap.add_argument(
@@ -222,6 +232,7 @@ def main() -> int:
         "repeats": args.repeats,
         "orchestrator_lead_in_s": args.lead_in_s,
         "orchestrator_headroom": args.headroom,
+        "retries_of_a_stall": args.retries,
         "judged_s": {"static": args.probe_s - 3.0, "orchestrator": args.measure_s, "after_s": args.converge_s},
         "oracle_config": oracle.describe(),
         "oracle_sweep": {

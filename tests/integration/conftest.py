@@ -20,13 +20,15 @@ class TritonAborted(Exception):
 @contextmanager
 def triton_abort_is_inconclusive(*servers: TritonServer | list[TritonServer]) -> Iterator[None]:
     """A failure in a run where tritonserver aborted is re-raised as :class:`TritonAborted`, which
-    ``@pytest.mark.flaky(reruns=3, only_rerun=["TritonAborted"])`` reruns, and nothing else is.
+    ``@pytest.mark.flaky(reruns=5, only_rerun=["TritonAborted"])`` reruns, and nothing else is.
 
     Triton 2.51 (the newest the pytriton wheel ships) sometimes corrupts its heap when a model is reloaded under
     load (``malloc(): unaligned tcache chunk detected``; upstream, e.g. triton-inference-server/server#7723,
     tensorrtllm_backend#587). Reloading under load is what the orchestrator is for, so its tests hit it now and
-    then. How the orchestrator copes with a dead or stuck Triton is tested on its own. A list argument is read
-    when the failure happens (servers started later in the test).
+    then: 2 of 3 tries of the overload test in one CI run, 0 of 4 in a row on the same machine right after. Five
+    reruns keep the odds of a red CI from Triton's bug alone under 2% even at one abort in two. How the
+    orchestrator copes with a dead or stuck Triton is tested on its own. A list argument is read when the failure
+    happens (servers started later in the test).
     """
     try:
         yield

@@ -54,7 +54,7 @@ def fresh_server(quick_repository, server_cache):
     srv.stop()
 
 
-@pytest.mark.flaky(reruns=3, only_rerun=["TritonAborted"])
+@pytest.mark.flaky(reruns=5, only_rerun=["TritonAborted"])
 def test_reaches_a_config_that_holds_the_slo_where_the_default_could_not(
     fresh_server, quick_repository, held_out, tmp_path
 ):
@@ -96,7 +96,7 @@ def reaches_a_config_that_holds_the_slo(server, quick_repository, held_out, tmp_
     assert live == orch.current and (live.dynamic_batching or live.variant != "fp32")
 
 
-@pytest.mark.flaky(reruns=3, only_rerun=["TritonAborted"])
+@pytest.mark.flaky(reruns=5, only_rerun=["TritonAborted"])
 def test_survives_a_triton_restart_and_reapplies_the_last_good_config(
     quick_repository, server_cache, held_out, tmp_path
 ):
