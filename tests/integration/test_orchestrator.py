@@ -74,10 +74,18 @@ def reaches_a_config_that_holds_the_slo(server, quick_repository, held_out, tmp_
     windows = load.windows(5.0, SLO_MS)
     assert windows[0]["slo_met"] is False, windows[0]  # the default config cannot hold this load
     rules = [r["rule"] for r in orch.history if r["event"] == "action"]
-    # The last 15 s hold the SLO. One 5-s window may not: on two shared cores a new config's first batches and the
-    # machine itself cost a ~300 ms stall now and then, static configs included (p99 counts every request).
-    last = [w["slo_met"] for w in windows[-3:]]
-    assert last[-1] and sum(last) >= 2, (rules, [w["p99_ms"] for w in windows])
+    p99s = [w["p99_ms"] for w in windows]
+    assert any(w["slo_met"] for w in windows[1:]), (rules, p99s)  # it got there under the load
+
+    # The config it reached holds the same load on its own, the orchestrator stopped: judged inside the run above,
+    # an action taken in its last seconds (an instance added at 37 s of 40, in one CI run) is judged by its own
+    # reload. One 5-s window of three may miss: on two shared cores the machine itself stalls ~300 ms now and then,
+    # static configs included (p99 counts every request).
+    OpenLoopLoad(server.grpc_url, "cnn", held_out[0]).run(3, constant(2))  # drain what the run left queued
+    check = OpenLoopLoad(server.grpc_url, "cnn", held_out[0], held_out[1]).run(15, constant(OVERLOAD_PER_S))
+    held = [w["slo_met"] for w in check.windows(5.0, SLO_MS)]
+    assert sum(held) >= 2, (rules, p99s, [w["p99_ms"] for w in check.windows(5.0, SLO_MS)])
+    assert check.summary()["failed"] == 0
     assert load.summary()["failed"] == 0
     records = [json.loads(line) for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]
     actions = [r for r in records if r["event"] == "action"]
