@@ -95,6 +95,11 @@ class Context:
             )
 
     @property
+    def keeps_headroom(self) -> bool:
+        """Headroom applies on the CPU only: on a GPU an idle instance holds memory another model could use."""
+        return self.headroom and self.kind == "cpu"
+
+    @property
     def delay_cap_us(self) -> int:
         return self.max_queue_delay_us or int(self.objective.p99_latency_ms * 1000 / 4)
 
@@ -255,15 +260,17 @@ class RulePolicy:
         return next((p for p in candidates if allowed(p.config)), None)
 
     def _headroom(self, c: ServingConfig, ctx: Context) -> ServingConfig | None:
-        if not ctx.headroom or ctx.kind != "cpu":
+        if not ctx.keeps_headroom:
             return None
-        target = c
-        if not c.dynamic_batching:
-            sizes = tuple(b for b in self.preferred_batch_sizes if b <= ctx.max_batch_size)
-            delay = min(self.initial_delay_us, ctx.delay_cap_us)
-            target = replace(target, dynamic_batching=True, max_queue_delay_us=delay, preferred_batch_sizes=sizes)
+        target = c if c.dynamic_batching else self._batched(c, ctx)
         target = replace(target, instances=max(c.instances, max_instances(ctx)))
         return target if target != c else None
+
+    def _batched(self, c: ServingConfig, ctx: Context) -> ServingConfig:
+        """``c`` with dynamic batching at the first rung's settings."""
+        sizes = tuple(b for b in self.preferred_batch_sizes if b <= ctx.max_batch_size)
+        delay = min(self.initial_delay_us, ctx.delay_cap_us)
+        return replace(c, dynamic_batching=True, max_queue_delay_us=delay, preferred_batch_sizes=sizes)
 
     def _free(self, c: ServingConfig, ctx: Context, why: str | None) -> Proposal | None:
         """A much cheaper variant that is at least as accurate dominates the current one at any load: it comes
@@ -297,9 +304,7 @@ class RulePolicy:
                 yield Proposal(replace(c, instances=c.instances + 1), "up", "add-instance", why)
             return
         if not c.dynamic_batching:
-            sizes = tuple(b for b in self.preferred_batch_sizes if b <= ctx.max_batch_size)
-            delay = min(self.initial_delay_us, ctx.delay_cap_us)
-            batched = replace(c, dynamic_batching=True, max_queue_delay_us=delay, preferred_batch_sizes=sizes)
+            batched = self._batched(c, ctx)
             if c.instances < max_instances(ctx) and w.avg_latency_ms > FAR_OVER_SLO * ctx.objective.p99_latency_ms:
                 # Far over the SLO one rung will not do, and every reload under load costs a stall (and, on Triton
                 # 2.51's Python backend at high rates, risks the server): both rungs in one reload.
@@ -364,7 +369,7 @@ class RulePolicy:
                 f"light load ({util:.0%} busy): less waiting per request",
             )
         if (
-            not (ctx.headroom and ctx.kind == "cpu")
+            not ctx.keeps_headroom
             and c.instances > ctx.min_instances
             and util * c.instances / (c.instances - 1) < self.thresholds.utilization_light
         ):

@@ -113,18 +113,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"  log      {server.log_path}   (Ctrl-C to stop)", flush=True)
         restarts = 0
         while not stop.wait(0.5):
-            exited = server.proc is None or server.proc.poll() is not None
-            fatal = None if exited else server.fatal_error()  # aborted but still alive: neither serves nor exits
-            if exited or fatal:
-                why = (
-                    f"exited with status {server.proc.returncode if server.proc is not None else None}"
-                    if exited
-                    else f"aborted without exiting ({fatal})"
-                )
-                if restarts >= args.restarts:
-                    raise ServerError(f"tritonserver {why} after {restarts} restarts; see {server.log_path}")
-                restarts += 1
-                restart(server, why, restarts, args.restarts)
+            if server.proc is None or server.proc.poll() is not None:
+                why = f"exited with status {server.proc.returncode if server.proc is not None else None}"
+            elif fatal := server.fatal_error():  # aborted but still alive: neither serves nor exits
+                why = f"aborted without exiting ({fatal})"
+            else:
+                continue
+            if restarts >= args.restarts:
+                raise ServerError(f"tritonserver {why} after {restarts} restarts; see {server.log_path}")
+            restarts += 1
+            restart(server, why, restarts, args.restarts)
     finally:
         server.stop()
         print("Triton stopped", flush=True)
