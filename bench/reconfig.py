@@ -4,9 +4,12 @@ dynamic batching on/off and its delay, variant swaps), through the orchestrator'
     python bench/reconfig.py [--repository model_repository] [--rate 250] [--cycles 2] [--repeats 3]
 
 For every change: its kind, the apply time (load_model → READY → read back) and whether Triton reloaded the model
-(its log says ``loading: cnn:N``) or changed it in place (instances added or removed without a load). Latency: p99
+or changed it in place. Triton logs ``loading: cnn:N`` for both; a full reload initializes every instance of the new
+copy, an in-place change (Triton 2.51 makes one when only the instance count differs) only the instances it adds, so the
+count of ``TRITONBACKEND_ModelInstanceInitialize`` lines against the target's instances tells them apart. Latency: p99
 of requests scheduled in reconfiguration windows (from the apply until 2 s after it returned) against the p99 of
-all other requests (steady state). Failed requests must be 0.
+all other requests (steady state), and split by the change's mode (in-place vs full-reload windows). Failed
+requests must be 0.
 """
 
 from __future__ import annotations
@@ -53,6 +56,13 @@ def schedule(fast: str) -> list[tuple[str, ServingConfig]]:
     return steps
 
 
+def reload_mode(log_chunk: str, target_instances: int) -> str:
+    """'full-reload' when the new copy initialized all its instances; 'in-place' when Triton only added (or removed)
+    instances of the serving copy."""
+    initialized = log_chunk.count("TRITONBACKEND_ModelInstanceInitialize:")
+    return "full-reload" if initialized >= target_instances else "in-place"
+
+
 def one_run(bench: Bench, args, index: int) -> dict:
     steps = schedule(args.fast_variant) * args.cycles
     duration = args.warmup_s + len(steps) * args.every_s + args.tail_s
@@ -73,11 +83,11 @@ def one_run(bench: Bench, args, index: int) -> dict:
             start = time.perf_counter() - t0
             res = applier.apply(target)
             end = time.perf_counter() - t0
-            time.sleep(0.3)  # let Triton finish writing the unload line
+            time.sleep(0.3)  # Triton logs the instances it initialized before it reports READY; a margin anyway
             with log_path.open() as fh:
                 fh.seek(log_before)
                 new_log = fh.read()
-            reloaded = "loading: cnn:" in new_log
+            reloaded = reload_mode(new_log, target.instances) == "full-reload"
             changes.append(
                 {
                     "kind": kind,
@@ -97,10 +107,11 @@ def one_run(bench: Bench, args, index: int) -> dict:
             )
         loader.join()
     result = holder["r"]
-    in_reconf = np.zeros(len(result.records), dtype=bool)
     sched = np.array([r.scheduled_s for r in result.records])
+    in_mode = {"full-reload": np.zeros(len(sched), dtype=bool), "in-place": np.zeros(len(sched), dtype=bool)}
     for c in changes:
-        in_reconf |= (sched >= c["start_s"]) & (sched < c["end_s"] + AFTER_S)
+        in_mode[c["mode"]] |= (sched >= c["start_s"]) & (sched < c["end_s"] + AFTER_S)
+    in_reconf = in_mode["full-reload"] | in_mode["in-place"]
     lat = np.array([r.latency_ms for r in result.records])
     ok = np.array([r.ok for r in result.records])
     warm = sched >= 2.0
@@ -120,6 +131,8 @@ def one_run(bench: Bench, args, index: int) -> dict:
         "failure_samples": sorted({r.error for r in result.failures})[:3],
         "p99_ms_reconfiguration_windows": p99(in_reconf),
         "p99_ms_steady_state": p99(~in_reconf),
+        "p99_ms_full_reload_windows": p99(in_mode["full-reload"]),
+        "p99_ms_in_place_windows": p99(in_mode["in-place"]),
         "p50_ms_reconfiguration_windows": round(float(np.percentile(lat[in_reconf & ok & warm], 50)), 2)
         if (in_reconf & ok & warm).any()
         else None,
@@ -153,6 +166,8 @@ def main() -> int:
         "failed_requests",
         "p99_ms_reconfiguration_windows",
         "p99_ms_steady_state",
+        "p99_ms_full_reload_windows",
+        "p99_ms_in_place_windows",
         "p50_ms_reconfiguration_windows",
         "p50_ms_steady_state",
         "apply_s_full_reload_median",
