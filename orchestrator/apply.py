@@ -15,13 +15,18 @@ def serving_config(config: ModelConfig) -> ServingConfig:
     """Read the knobs back from a live model config."""
     threads = config.parameters.get("intra_op_num_threads", "auto")
     db = config.dynamic_batching
+    sizes = db.preferred_batch_size if db else ()
+    if sizes == (config.max_batch_size,):
+        # Triton fills in [max_batch_size] when a config sets none (the same batching): read back what was asked for,
+        # or the live config never equals the target and reads as changed behind the orchestrator's back.
+        sizes = ()
     return ServingConfig(
         variant=config.parameters.get("variant", ""),
         instances=config.instance_count,
         threads=int(threads) if threads.isdigit() else 0,
         dynamic_batching=db is not None,
         max_queue_delay_us=db.max_queue_delay_us if db else 0,
-        preferred_batch_sizes=db.preferred_batch_size if db else (),
+        preferred_batch_sizes=sizes,
     )
 
 

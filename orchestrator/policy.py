@@ -211,11 +211,7 @@ class Policy(Protocol):
 @dataclass(frozen=True)
 class RulePolicy:
     thresholds: Thresholds = field(default_factory=Thresholds)
-    # 1 ms: the oracle sweep's best delay on the CPU (4 ms lost 20 % of the throughput), 2 % of a 50-ms SLO.
-    initial_delay_us: int = 1000
-    # GPU only: TensorRT engines are tuned for these shapes. On the CPU ONNX Runtime costs the same per sample at
-    # any batch size, and Triton forms the largest *preferred* size it can, so (4, 8, 16) would run a queue of 12 as
-    # 8 + 4; without preferred sizes it runs as one batch of 12, as in the oracle's config.
+    initial_delay_us: int = 500
     preferred_batch_sizes: tuple[int, ...] = (4, 8, 16)
 
     def propose(
@@ -272,7 +268,7 @@ class RulePolicy:
 
     def _batched(self, c: ServingConfig, ctx: Context) -> ServingConfig:
         """``c`` with dynamic batching at the first rung's settings."""
-        sizes = () if ctx.kind == "cpu" else tuple(b for b in self.preferred_batch_sizes if b <= ctx.max_batch_size)
+        sizes = tuple(b for b in self.preferred_batch_sizes if b <= ctx.max_batch_size)
         delay = min(self.initial_delay_us, ctx.delay_cap_us)
         return replace(c, dynamic_batching=True, max_queue_delay_us=delay, preferred_batch_sizes=sizes)
 
@@ -329,18 +325,9 @@ class RulePolicy:
             yield Proposal(
                 replace(c, instances=c.instances + 1), "up", "add-instance", f"{why}; instances {util:.0%} busy"
             )
-        # A longer delay only helps while executed batches stay small and the timer, not a backlog, bounds the wait:
-        # once requests queue for longer than the delay, a free instance takes the whole queue at once and a longer
-        # timer only delays the moments the backlog clears (a lengthen under a backlog at the edge of the capacity
-        # cost 1,500 queued requests and a rollback in the goodput benchmark).
+        # A longer delay only helps while executed batches stay small; a long queue fills them anyway.
         target_batch = max(c.preferred_batch_sizes or (ctx.max_batch_size,))
-        timer_bound = w.avg_queue_ms <= 2 * c.max_queue_delay_us / 1000
-        if (
-            c.dynamic_batching
-            and c.max_queue_delay_us < ctx.delay_cap_us
-            and timer_bound
-            and w.avg_batch < 0.75 * target_batch
-        ):
+        if c.dynamic_batching and c.max_queue_delay_us < ctx.delay_cap_us and w.avg_batch < 0.75 * target_batch:
             delay = min(max(c.max_queue_delay_us * 2, self.initial_delay_us), ctx.delay_cap_us)
             yield Proposal(
                 replace(c, max_queue_delay_us=delay),

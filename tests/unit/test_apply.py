@@ -43,3 +43,15 @@ def test_an_existing_queue_policy_survives_retuning():
     cfg = model_config(base, ServingConfig("fp32", 1, 0, True, 4000, (8, 16)))
     assert cfg.dynamic_batching.default_queue_policy == QueuePolicy(max_queue_size=256)
     assert cfg.dynamic_batching.max_queue_delay_us == 4000
+
+
+def test_batching_without_preferred_sizes_reads_back_as_asked_though_triton_fills_in_max_batch_size():
+    target = ServingConfig("distilled", 2, 1, True, 1000, ())
+    cfg = model_config(public(), target)
+    assert cfg.dynamic_batching.preferred_batch_size == ()
+    # what Triton 2.51 serves for that config: preferred_batch_size [max_batch_size], the same batching
+    live = replace(cfg, dynamic_batching=replace(cfg.dynamic_batching, preferred_batch_size=(64,)))
+    assert serving_config(live) == target
+    # any other preferred size is a real setting and reads back as it is
+    other = replace(cfg, dynamic_batching=replace(cfg.dynamic_batching, preferred_batch_size=(32,)))
+    assert serving_config(other).preferred_batch_sizes == (32,)
