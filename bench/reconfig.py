@@ -87,21 +87,20 @@ def one_run(bench: Bench, args, index: int) -> dict:
             with log_path.open() as fh:
                 fh.seek(log_before)
                 new_log = fh.read()
-            reloaded = reload_mode(new_log, target.instances) == "full-reload"
+            mode = reload_mode(new_log, target.instances)
             changes.append(
                 {
                     "kind": kind,
                     "ok": res.ok,
                     "error": res.error,
                     "apply_s": round(res.seconds, 3),
-                    "mode": "full-reload" if reloaded else "in-place",
+                    "mode": mode,
                     "start_s": round(start, 2),
                     "end_s": round(end, 2),
                 }
             )
             print(
-                f"  r{index} {kind:32s} {'ok' if res.ok else 'FAILED'} {res.seconds:6.2f} s "
-                f"{'full reload' if reloaded else 'in place'}",
+                f"  r{index} {kind:32s} {'ok' if res.ok else 'FAILED'} {res.seconds:6.2f} s {mode.replace('-', ' ')}",
                 file=sys.stderr,
                 flush=True,
             )
