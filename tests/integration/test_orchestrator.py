@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 
 from builders.repository import read_manifest
+from loadtest.measure import StabilityRule, measure
 from loadtest.openloop import OpenLoopLoad, constant
 from orchestrator.apply import Applier, serving_config
 from orchestrator.loop import LoopOptions, Orchestrator
@@ -22,9 +23,26 @@ from tritune.client import InferenceClient
 from tritune.server import ServerOptions, TritonServer, free_port
 
 SLO_MS = 100.0
-# The default config (1 instance, no batching) holds ~550/s of batch-1 requests on 2 cores shared with the load
-# generator; with dynamic batching ~750/s.
-OVERLOAD_PER_S = 600
+# The overload is set from the machine, not fixed: the default config (1 instance, no batching) held ~550/s of
+# batch-1 requests open-loop on one day on this 2-core VM and ~250/s on another, when a fixed 600/s left a backlog
+# so deep that no config drained it within the test (and every reload under it risked Triton 2.51's abort).
+# 1.1 × the default's closed-loop throughput at concurrency 8 is just over what it holds open-loop (the load
+# generator takes its share of the cores): ~600/s on the fast day, ~340/s on the slow one.
+OVERLOAD_FACTOR = 1.1
+
+
+def overload_per_s(server: TritonServer, held_out) -> float:
+    """A batch-1 rate the default config cannot hold on this machine today, and a tuned config can."""
+    m = measure(
+        server.grpc_url,
+        "cnn",
+        held_out[0],
+        held_out[1],
+        8,
+        rule=StabilityRule(window_s=1.0, stable_windows=2, max_windows=4, warmup_s=0.5),
+    )
+    assert m.failures == 0 and m.throughput_infer_per_s > 0, m
+    return round(OVERLOAD_FACTOR * m.throughput_infer_per_s)
 
 
 def make_orchestrator(server: TritonServer, repository, log_path) -> Orchestrator:
@@ -65,26 +83,27 @@ def test_reaches_a_config_that_holds_the_slo_where_the_default_could_not(
 def reaches_a_config_that_holds_the_slo(server, quick_repository, held_out, tmp_path):
     orch = make_orchestrator(server, quick_repository, tmp_path / "decisions.jsonl")
     assert orch.applier.current()[1] == ServingConfig("fp32")  # Triton's default: 1 instance, no batching
+    overload = overload_per_s(server, held_out)
     loop = threading.Thread(target=orch.run, args=(45,))
     loop.start()
-    load = OpenLoopLoad(server.grpc_url, "cnn", held_out[0], held_out[1]).run(40, constant(OVERLOAD_PER_S))
+    load = OpenLoopLoad(server.grpc_url, "cnn", held_out[0], held_out[1]).run(40, constant(overload))
     orch.stop()
     loop.join(timeout=30)
 
     windows = load.windows(5.0, SLO_MS)
-    assert windows[0]["slo_met"] is False, windows[0]  # the default config cannot hold this load
+    assert windows[0]["slo_met"] is False, (overload, windows[0])  # the default config cannot hold this load
     rules = [r["rule"] for r in orch.history if r["event"] == "action"]
     p99s = [w["p99_ms"] for w in windows]
-    assert any(w["slo_met"] for w in windows[1:]), (rules, p99s)  # it got there under the load
+    assert any(w["slo_met"] for w in windows[1:]), (overload, rules, p99s)  # it got there under the load
 
     # The config it reached holds the same load on its own, the orchestrator stopped: judged inside the run above,
     # an action taken in its last seconds (an instance added at 37 s of 40, in one CI run) is judged by its own
     # reload. One 5-s window of three may miss: on two shared cores the machine itself stalls ~300 ms now and then,
     # static configs included (p99 counts every request).
     OpenLoopLoad(server.grpc_url, "cnn", held_out[0]).run(3, constant(2))  # drain what the run left queued
-    check = OpenLoopLoad(server.grpc_url, "cnn", held_out[0], held_out[1]).run(15, constant(OVERLOAD_PER_S))
+    check = OpenLoopLoad(server.grpc_url, "cnn", held_out[0], held_out[1]).run(15, constant(overload))
     held = [w["slo_met"] for w in check.windows(5.0, SLO_MS)]
-    assert sum(held) >= 2, (rules, p99s, [w["p99_ms"] for w in check.windows(5.0, SLO_MS)])
+    assert sum(held) >= 2, (overload, rules, p99s, [w["p99_ms"] for w in check.windows(5.0, SLO_MS)])
     assert check.summary()["failed"] == 0
     assert load.summary()["failed"] == 0
     records = [json.loads(line) for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]
@@ -118,11 +137,12 @@ def survives_a_triton_restart(servers, quick_repository, server_cache, held_out,
     servers.append(srv)
     ports = {"http_port": srv.http_port, "grpc_port": srv.grpc_port, "metrics_port": srv.metrics_port}
     orch = make_orchestrator(srv, quick_repository, tmp_path / "decisions.jsonl")
+    overload = overload_per_s(srv, held_out)
     loop = threading.Thread(target=orch.run, args=(60,))
     loop.start()
     replacement = None
     try:
-        OpenLoopLoad(srv.grpc_url, "cnn", held_out[0]).run(14, constant(OVERLOAD_PER_S))
+        OpenLoopLoad(srv.grpc_url, "cnn", held_out[0]).run(14, constant(overload))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not (
             orch.state.pending is None and orch.state.last_good not in (None, ServingConfig("fp32"))

@@ -129,13 +129,23 @@ def test_sustained_overload_climbs_the_ladder_one_action_at_a_time_and_stays_abo
     sim.run(160, overloaded_by)
     rules = [r for _, a, r in sim.log if a == "apply"]
     assert rules[:2] == ["enable-dynamic-batching", "add-instance"]
-    assert "lengthen-queue-delay" in rules and "faster-variant" in rules
+    # requests queue 36 ms against a 500-µs timer: a backlog fills the batches, a longer delay would add nothing
+    assert "lengthen-queue-delay" not in rules and "faster-variant" in rules
     assert sim.config.instances == 2 and sim.config.threads == 1  # 2 instances × 1 thread on 2 cores
     assert sim.config.variant == "pruned"  # the fastest allowed: distilled (0.960) is below the 0.97 floor
     assert all(VARIANTS[c.variant].top1 >= 0.97 for c in sim.configs)
     assert all(c.max_queue_delay_us <= ctx().delay_cap_us == 12_500 for c in sim.configs)
     times = [t for t, _, _ in sim.log]
     assert all(b - a >= CFG.guards.cooldown_s for a, b in itertools.pairwise(times))
+
+
+def test_queue_delay_is_lengthened_only_while_the_timer_not_a_backlog_bounds_the_wait():
+    maxed = ServingConfig("pruned", 2, 1, True, 500, (4, 8, 16))  # max instances, the fastest variant above the floor
+    timer_bound = replace(win(10.0, latency_ms=20.0, p99=60.0, instances=2), avg_queue_ms=0.8, avg_batch=2.0)
+    p = RulePolicy().propose(timer_bound, maxed, ctx())
+    assert p.rule == "lengthen-queue-delay" and p.config.max_queue_delay_us == 1000
+    backlog = replace(timer_bound, avg_queue_ms=30.0)  # a free instance takes the whole queue anyway
+    assert RulePolicy().propose(backlog, maxed, ctx()) is None
 
 
 def test_degraded_variant_is_restored_when_load_falls():
