@@ -7,7 +7,6 @@ A rejected load: recorded, the target made tabu, the old config keeps serving.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import threading
@@ -272,9 +271,19 @@ class Orchestrator:
             self.metrics.apply_failures.inc()
             self.metrics.rollbacks.inc()
             self.log("apply-failed", error=result.error, **record)
-            # Triton keeps serving the old copy after a failed load; re-read what it serves to stay in sync.
-            with contextlib.suppress(TrituneError):
-                self.current = self.applier.current()[1]
+            # Triton keeps serving the old copy after a failed load; re-read what it serves to stay in sync. Serving
+            # neither the old config nor the new one means Triton restarted (to the repository's config) or was
+            # changed behind our back while the load was in flight: the next tick's restart check re-applies the last
+            # good config instead of climbing the ladder again from Triton's default.
+            try:
+                live = self.applier.current()[1]
+            except TrituneError:
+                self._suspect_restart = True
+            else:
+                if live in (before, decision.config):
+                    self.current = live
+                else:
+                    self._suspect_restart = True
 
     # -- run ---------------------------------------------------------------------------------------------------------
     def run(self, duration_s: float | None = None) -> None:
