@@ -120,8 +120,12 @@ def test_scale_up_on_queueing_waits_for_the_upscale_delay_then_enables_batching(
     assert [d.rule for d in decisions] == ["waiting-up-delay"]
     sim.run(4, overloaded)
     assert sim.log[0][1:] == ("apply", "enable-dynamic-batching")
-    assert sim.config.dynamic_batching and sim.config.max_queue_delay_us == 500
-    assert sim.config.preferred_batch_sizes == (4, 8, 16)
+    assert sim.config.dynamic_batching and sim.config.max_queue_delay_us == 1000
+    # CPU: no preferred sizes (Triton would cut a queue of 12 into 8 + 4); a GPU's TensorRT engines keep them
+    assert sim.config.preferred_batch_sizes == ()
+    gpu = Sim(ctx(kind="gpu"))
+    gpu.run(6, overloaded)
+    assert gpu.log[0][2] == "enable-dynamic-batching" and gpu.config.preferred_batch_sizes == (4, 8, 16)
 
 
 def test_sustained_overload_climbs_the_ladder_one_action_at_a_time_and_stays_above_the_floor():
@@ -129,7 +133,7 @@ def test_sustained_overload_climbs_the_ladder_one_action_at_a_time_and_stays_abo
     sim.run(160, overloaded_by)
     rules = [r for _, a, r in sim.log if a == "apply"]
     assert rules[:2] == ["enable-dynamic-batching", "add-instance"]
-    # requests queue 36 ms against a 500-µs timer: a backlog fills the batches, a longer delay would add nothing
+    # requests queue 36 ms against a 1-ms timer: a backlog fills the batches, a longer delay would add nothing
     assert "lengthen-queue-delay" not in rules and "faster-variant" in rules
     assert sim.config.instances == 2 and sim.config.threads == 1  # 2 instances × 1 thread on 2 cores
     assert sim.config.variant == "pruned"  # the fastest allowed: distilled (0.960) is below the 0.97 floor
@@ -140,10 +144,10 @@ def test_sustained_overload_climbs_the_ladder_one_action_at_a_time_and_stays_abo
 
 
 def test_queue_delay_is_lengthened_only_while_the_timer_not_a_backlog_bounds_the_wait():
-    maxed = ServingConfig("pruned", 2, 1, True, 500, (4, 8, 16))  # max instances, the fastest variant above the floor
+    maxed = ServingConfig("pruned", 2, 1, True, 1000, ())  # max instances, the fastest variant above the floor
     timer_bound = replace(win(10.0, latency_ms=20.0, p99=60.0, instances=2), avg_queue_ms=0.8, avg_batch=2.0)
     p = RulePolicy().propose(timer_bound, maxed, ctx())
-    assert p.rule == "lengthen-queue-delay" and p.config.max_queue_delay_us == 1000
+    assert p.rule == "lengthen-queue-delay" and p.config.max_queue_delay_us == 2000
     backlog = replace(timer_bound, avg_queue_ms=30.0)  # a free instance takes the whole queue anyway
     assert RulePolicy().propose(backlog, maxed, ctx()) is None
 
@@ -156,13 +160,13 @@ def test_degraded_variant_is_restored_when_load_falls():
     assert sim.log[0][2] == "restore-variant" and sim.config.variant == "int8"  # the cheapest that fits
     sim.run(300, lambda t, **kw: win(t, latency_ms=3.0, util=0.10, **kw))
     assert sim.config.variant in ("fp32", "fp16") and sim.config.instances == 1
-    assert sim.config.max_queue_delay_us == 500  # the batching delay walked back down to its first step
+    assert sim.config.max_queue_delay_us == 1000  # the batching delay walked back down to its first step
     rules = [r for _, _, r in sim.log]
     assert rules.count("remove-instance") == 1 and "shorten-queue-delay" in rules and "rollback" not in rules
 
 
 def test_scale_down_when_idle():
-    sim = Sim(ctx(), ServingConfig("fp32", 2, 1, True, 1000, (4, 8, 16)))
+    sim = Sim(ctx(), ServingConfig("fp32", 2, 1, True, 2000, (4, 8, 16)))
     sim.run(90, lambda t, **kw: win(t, latency_ms=2.0, util=0.05, rate=5, **kw))
     assert [r for _, _, r in sim.log] == ["shorten-queue-delay", "remove-instance"]
     assert sim.config.instances == 1 and sim.config.threads == 2
@@ -471,7 +475,7 @@ def test_headroom_provisions_batching_and_an_instance_per_core_in_one_reload_and
     sim = Sim(ctx(headroom=True))
     sim.run(2, load)
     assert sim.log == [(2.0, "apply", "provision-headroom")]  # no persistence delay, one reload
-    assert sim.config == ServingConfig("fp32", 2, 1, True, 500, (4, 8, 16))
+    assert sim.config == ServingConfig("fp32", 2, 1, True, 1000, ())
     decisions = sim.run(200, load)
     # kept: no down rung gives the instance back at light load, nothing flaps
     assert sim.log == [(2.0, "apply", "provision-headroom")] and sim.config.instances == 2
@@ -493,7 +497,7 @@ def test_headroom_with_a_dominating_variant_is_one_reload():
     sim = Sim(Context(objective=Objective(SLO, 0.97), variants=DOMINATED, cores=2, headroom=True))
     sim.run(2, idle)
     assert [r for _, _, r in sim.log] == ["free-faster-variant"]
-    assert sim.config == ServingConfig("pruned", 2, 1, True, 500, (4, 8, 16))
+    assert sim.config == ServingConfig("pruned", 2, 1, True, 1000, ())
     assert "with provision-headroom in the same reload" in sim.reasons[0]
     sim.run(120, idle)
     assert len(sim.log) == 1
