@@ -278,12 +278,11 @@ class Orchestrator:
             try:
                 live = self.applier.current()[1]
             except TrituneError:
-                self._suspect_restart = True
+                live = None
+            if live in (before, decision.config):
+                self.current = live
             else:
-                if live in (before, decision.config):
-                    self.current = live
-                else:
-                    self._suspect_restart = True
+                self._suspect_restart = True
 
     # -- run ---------------------------------------------------------------------------------------------------------
     def run(self, duration_s: float | None = None) -> None:
