@@ -185,6 +185,38 @@ def retry_blips(probe, slo_ms: float, retries: int = 1, blip_limit: float = 10.0
     return retried
 
 
+def search_below(probe, low: float, high: float, bisect_steps: int = 3) -> tuple[float, list[dict]]:
+    """Highest rate up to ``high`` at which ``probe(rate) -> (ok, info)`` holds: ``high`` first, then bisection
+    between ``low`` (a rate expected to hold, not assumed to) and ``high``, to a resolution of
+    (high − low) / 2^bisect_steps. Checks ``low`` itself only when nothing above it held; 0 if that fails too."""
+    trail: list[dict] = []
+
+    def check(rate: float) -> bool:
+        ok, info = probe(rate)
+        trail.append({"rate_per_s": round(rate, 1), "ok": ok, **info})
+        return ok
+
+    if check(high):
+        return high, trail
+    lo, hi = 0.0, high
+    rate = (low + high) / 2
+    for _ in range(bisect_steps):
+        if check(rate):
+            lo = rate
+        else:
+            hi = rate
+        rate = (max(lo, low) + hi) / 2
+    if lo == 0.0 and check(low):
+        lo = low
+    return lo, trail
+
+
+def bracket(trail: list[dict], rate: float) -> list[float | None]:
+    """[``rate``, the lowest rate above it that failed in ``trail``]: how finely a search resolved its answer."""
+    above = [p["rate_per_s"] for p in trail if not p["ok"] and p["rate_per_s"] > rate]
+    return [round(rate, 1), min(above) if above else None]
+
+
 def rate_search(probe, start: float, max_rate: float = 4000.0, bisect_steps: int = 3) -> tuple[float, list[dict]]:
     """Highest rate at which ``probe(rate) -> (ok, info)`` holds: double from ``start`` until it fails, then bisect.
 

@@ -5,10 +5,12 @@ default. Same model, same machine, one process; prints JSON.
     python bench/goodput.py [--repository model_repository] [--slo-ms 50] [--repeats 3]
 
 The oracle sweep runs once (closed-loop clients, every config of the space, the constraint p99 ≤ SLO); then each
-repeat searches rates for (a), (b), (c) on fresh Tritons. Static probes: ``--probe-s`` of constant open-loop load
-on the config, p99 over all but the first 3 s (by default ``--measure-s``, the span the orchestrator is judged on).
-Orchestrator probes: the default config, the orchestrator on, the rate held ``--converge-s`` + ``--measure-s``; the
-rate passes when the last ``--measure-s`` meet the SLO with no failure in the whole probe. The orchestrator is
+repeat searches rates for (a), (b), (c) on fresh Tritons. Every probe holds a constant open-loop rate for
+``--converge-s`` + ``--measure-s`` and passes when the last ``--measure-s`` meet the SLO with no failure in the whole
+probe: static configs and the orchestrator are judged over the same span after the same time under load, since a
+rate near a config's limit can hold for 20 s and still not be sustainable (each stall of the machine leaves a
+backlog it drains slowly). ``--static-warmup-s`` shortens the static arms' time before judging (quicker, flatters
+them). Orchestrator probes start from the default config with the orchestrator on. The orchestrator is
 attached ``--lead-in-s`` before the traffic starts, as in a deployment where it runs all along (``--lead-in-s 0``:
 a cold start, Triton's default config meeting the full rate at once). The orchestrator's search starts at the
 oracle's rate (a static config tuned for that rate; the orchestrator starts from the default, so it is not
@@ -33,12 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import (
     Bench,
     add_headroom_argument,
+    bracket,
     converged_after_s,
     default_floor,
     median,
     meets_slo,
     rate_search,
     retry_blips,
+    search_below,
     timed,
 )
 from loadtest.measure import StabilityRule
@@ -91,7 +95,8 @@ def static_max_rate(bench: Bench, config: ServingConfig | None, args, tag: str) 
 
         def probe(rate: float):
             bench.settle(server)
-            ok, s = meets_slo(bench.load(server, args.probe_s, constant(rate)), bench.slo_ms, skip_s=3.0)
+            total = args.static_warmup_s + args.measure_s
+            ok, s = meets_slo(bench.load(server, total, constant(rate)), bench.slo_ms, skip_s=args.static_warmup_s)
             print(f"  {tag}: {rate:7.1f} req/s → p99 {s['p99_ms']} ms {'ok' if ok else 'FAIL'}", file=sys.stderr)
             return ok, {"p99_ms": s["p99_ms"], "failed": s["failed"], "throughput_per_s": s["throughput_per_s"]}
 
@@ -130,27 +135,8 @@ def orchestrated_probe(bench: Bench, rate: float, args, tag: str) -> tuple[bool,
 
 def orchestrator_max_rate(bench: Bench, a: float, b: float, args, tag: str) -> tuple[float, list[dict]]:
     """The oracle's rate first; then bisection between the default's and the oracle's rates."""
-    trail = []
     probe = retry_blips(lambda r: orchestrated_probe(bench, r, args, tag), bench.slo_ms, args.retries)
-
-    def check(rate: float) -> bool:
-        ok, info = probe(rate)
-        trail.append({"rate_per_s": round(rate, 1), "ok": ok, **info})
-        return ok
-
-    if check(b):
-        return b, trail
-    lo, hi = 0.0, b
-    rate = (a + b) / 2
-    for _ in range(args.bisect_steps):
-        if check(rate):
-            lo = rate
-        else:
-            hi = rate
-        rate = (max(lo, a) + hi) / 2
-    if lo == 0.0 and check(a):  # nothing above the default's rate held: does the default's own rate?
-        lo = a
-    return lo, trail
+    return search_below(probe, a, b, args.bisect_steps)
 
 
 def main() -> int:
@@ -160,7 +146,11 @@ def main() -> int:
     ap.add_argument("--accuracy-floor", type=float, default=-1, help="-1: one top-1 point below fp32")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument(
-        "--probe-s", type=float, default=None, help="static probes (default: 3 s + --measure-s, the judged span)"
+        "--static-warmup-s",
+        type=float,
+        default=None,
+        help="static probes: seconds under load before the judged --measure-s (default: --converge-s, as the "
+        "orchestrator; the first 3 s were skipped before this option existed)",
     )
     ap.add_argument("--start-rate", type=float, default=200.0)
     ap.add_argument("--converge-s", type=float, default=60.0)
@@ -180,7 +170,13 @@ def main() -> int:
         help="a failed probe that looks like a stall of the machine (nothing failed, p99 < 10x the SLO) is "
         "retried this often; a rate passes if any try passes (every arm alike; 0: single probes)",
     )
-    ap.add_argument("--bisect-steps", type=int, default=2, help="orchestrator: bisection steps below the oracle")
+    ap.add_argument(
+        "--bisect-steps",
+        type=int,
+        default=3,
+        help="orchestrator: bisection steps between the default's and the oracle's rates (3: a resolution of an "
+        "eighth of the gap, as fine as the static arms' search near the oracle's rate)",
+    )
     ap.add_argument("--runs-dir", type=Path, default=Path("runs/bench-goodput"))
     ap.add_argument(
         "--variants", default="", help="the sweep's variants (default: all above the floor); the orchestrator has all"
@@ -189,8 +185,8 @@ def main() -> int:
     args = ap.parse_args()
 
     args.accuracy_floor = default_floor(args.repository, args.accuracy_floor)
-    if args.probe_s is None:  # every arm judged over the same span: a short probe flatters a config near its limit
-        args.probe_s = 3.0 + args.measure_s
+    if args.static_warmup_s is None:  # every arm judged over the same span after the same time under load
+        args.static_warmup_s = args.converge_s
     bench = Bench(args.repository, args.runs_dir, args.slo_ms, args.accuracy_floor, headroom=args.headroom)
     with timed() as t_sweep:
         sweep = json.loads(args.oracle.read_text()) if args.oracle else oracle_sweep(bench, args)
@@ -216,6 +212,12 @@ def main() -> int:
                 "orchestrator_converged_after_s": passing[0]["converged_after_s"] if passing else None,
                 "orchestrator_actions": passing[0]["actions"] if passing else None,
                 "orchestrator_final_config": passing[0]["final_config"] if passing else None,
+                # [highest passing, lowest failing above it]: how finely each rate was resolved
+                "brackets": {
+                    "default": bracket(a_trail, a),
+                    "oracle": bracket(b_trail, b),
+                    "orchestrator": bracket(c_trail, c),
+                },
                 "trails": {"default": a_trail, "oracle": b_trail, "orchestrator": c_trail},
                 "seconds": t.get("seconds"),
             }
@@ -233,7 +235,11 @@ def main() -> int:
         "orchestrator_lead_in_s": args.lead_in_s,
         "orchestrator_headroom": args.headroom,
         "retries_of_a_stall": args.retries,
-        "judged_s": {"static": args.probe_s - 3.0, "orchestrator": args.measure_s, "after_s": args.converge_s},
+        "judged_s": {
+            "span": args.measure_s,
+            "static_after_s": args.static_warmup_s,
+            "orchestrator_after_s": args.converge_s,
+        },
         "oracle_config": oracle.describe(),
         "oracle_sweep": {
             "points": len(sweep["points"]),

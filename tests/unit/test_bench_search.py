@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.common import rate_search, retry_blips
+from bench.common import bracket, rate_search, retry_blips, search_below
 
 SLO_MS = 50.0
 
@@ -61,3 +61,26 @@ def test_a_config_that_always_stalls_fails_after_every_try(retries):
 
     ok, info = retry_blips(stalls, SLO_MS, retries=retries)(400)
     assert not ok and len(info["tries"]) == retries + 1
+
+
+@pytest.mark.parametrize(
+    ("limit", "steps", "expected"), [(1200, 3, 1200), (1150, 3, 1100), (1150, 2, 1000), (900, 3, 900)]
+)
+def test_search_below_tries_the_high_rate_first_then_bisects_to_its_resolution(limit, steps, expected):
+    probe, calls = config_with_limit(limit)
+    rate, trail = search_below(probe, 400, 1200, bisect_steps=steps)
+    assert calls[0] == 1200
+    assert rate == expected  # the highest passing point of the grid 400 + k (1200 - 400) / 2^steps
+    assert len(calls) == (1 if limit >= 1200 else 1 + steps)
+    if rate < 1200:
+        lo, hi = bracket(trail, rate)
+        assert lo == rate and hi - lo == (1200 - 400) / 2**steps
+
+
+def test_search_below_checks_the_low_rate_only_when_nothing_above_it_held():
+    probe, calls = config_with_limit(300)
+    rate, trail = search_below(probe, 400, 1200, bisect_steps=2)
+    assert rate == 0.0 and calls == [1200, 800, 600, 400]
+    probe, calls = config_with_limit(450)
+    assert search_below(probe, 400, 1200, bisect_steps=2)[0] == 400 and calls[-1] == 400
+    assert bracket(trail, 0.0) == [0.0, 400]
