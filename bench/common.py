@@ -211,6 +211,43 @@ def search_below(probe, low: float, high: float, bisect_steps: int = 3) -> tuple
     return lo, trail
 
 
+def paired_descent(
+    probe_ref, probe_arm, top: float, low: float, step_frac: float = 0.05, max_levels: int = 6
+) -> tuple[float | None, float, list[dict]]:
+    """Two arms on one descending grid, ``top`` × (1 − ``step_frac`` k), each level probing the reference arm and
+    then the arm under test back to back, until each has passed a level (its rate: the first level it passed).
+
+    Probed minutes apart, two arms read the machine's drift as a difference between them (two shared cores hold a
+    rate near their limit in one half hour and not in the next); probed at the same level in turn, both meet the
+    same machine, and the ratio resolves to ``step_frac``. An arm that passes nothing down to ``low`` or
+    ``max_levels`` gets None (the reference), or ``low`` if that holds and else 0 (the arm under test).
+    Returns (reference rate or None, arm rate, trail).
+    """
+    trail: list[dict] = []
+    ref_rate: float | None = None
+    arm_rate: float | None = None
+    for k in range(max_levels + 1):
+        rate = top * (1 - step_frac * k)
+        if rate < low:
+            break
+        for name, probe in (("reference", probe_ref), ("arm", probe_arm)):
+            if (ref_rate if name == "reference" else arm_rate) is not None:
+                continue
+            ok, info = probe(rate)
+            trail.append({"level": k, "arm": name, "rate_per_s": round(rate, 1), "ok": ok, **info})
+            if ok and name == "reference":
+                ref_rate = rate
+            elif ok:
+                arm_rate = rate
+        if ref_rate is not None and arm_rate is not None:
+            return ref_rate, arm_rate, trail
+    if arm_rate is None:  # nothing on the grid held: does ``low`` itself?
+        ok, info = probe_arm(low)
+        trail.append({"level": None, "arm": "arm", "rate_per_s": round(low, 1), "ok": ok, **info})
+        arm_rate = low if ok else 0.0
+    return ref_rate, arm_rate, trail
+
+
 def bracket(trail: list[dict], rate: float) -> list[float | None]:
     """[``rate``, the lowest rate above it that failed in ``trail``]: how finely a search resolved its answer."""
     above = [p["rate_per_s"] for p in trail if not p["ok"] and p["rate_per_s"] > rate]

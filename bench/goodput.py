@@ -10,14 +10,19 @@ repeat searches rates for (a), (b), (c) on fresh Tritons. Every probe holds a co
 probe: static configs and the orchestrator are judged over the same span after the same time under load, since a
 rate near a config's limit can hold for 20 s and still not be sustainable (each stall of the machine leaves a
 backlog it drains slowly). ``--static-warmup-s`` shortens the static arms' time before judging (quicker, flatters
-them). Orchestrator probes start from the default config with the orchestrator on. The orchestrator is
-attached ``--lead-in-s`` before the traffic starts, as in a deployment where it runs all along (``--lead-in-s 0``:
-a cold start, Triton's default config meeting the full rate at once). The orchestrator's search starts at the
-oracle's rate (a static config tuned for that rate; the orchestrator starts from the default, so it is not
-expected to beat it) and then bisects between the default's and the oracle's rates. Reported: rates per arm
-(median of repeats), the ratios b/a, c/a, c/b, and the orchestrator's seconds to converge (from the first request)
-at its highest passing rate. A failed probe that looks like a stall of the machine rather than an overload (nothing
-failed, p99 under 10× the SLO) is tried again (``--retries``, every arm alike; see ``retry_blips``).
+them). Orchestrator probes start from the default config with the orchestrator on.
+
+The orchestrator is attached ``--lead-in-s`` before the traffic starts, as in a deployment where it runs all along
+(``--lead-in-s 0``: a cold start, Triton's default config meeting the full rate at once). Its rate is searched on a
+grid down from the oracle's rate in steps of ``--paired-step`` (5%) of it; at each level the oracle's config (a
+fresh Triton) and the orchestrator are probed in turn, and each arm's rate is the first level it holds. c/b paired
+compares the two in the same minutes: probed half an hour apart, two shared cores hold a rate near their limit in
+one and not the other, and sequential arms read that drift as a difference between them. c/b (over the oracle's
+searched rate) is reported as well; ``--paired-step 0`` bisects between the default's and the oracle's rates
+instead. Reported: rates per arm (median of repeats), the ratios b/a, c/a, c/b, c/b paired, and the orchestrator's
+seconds to converge (from the first request) at its passing rate. A failed probe that looks like a stall of the
+machine rather than an overload (nothing failed, p99 under 10× the SLO) is tried again (``--retries``, every arm
+alike; see ``retry_blips``).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from bench.common import (
     default_floor,
     median,
     meets_slo,
+    paired_descent,
     rate_search,
     retry_blips,
     search_below,
@@ -88,19 +94,27 @@ def config_from(d: dict) -> ServingConfig:
     )
 
 
+def static_probe(bench: Bench, server, rate: float, args, tag: str) -> tuple[bool, dict]:
+    bench.settle(server)
+    total = args.static_warmup_s + args.measure_s
+    ok, s = meets_slo(bench.load(server, total, constant(rate)), bench.slo_ms, skip_s=args.static_warmup_s)
+    print(f"  {tag}: {rate:7.1f} req/s → p99 {s['p99_ms']} ms {'ok' if ok else 'FAIL'}", file=sys.stderr)
+    return ok, {"p99_ms": s["p99_ms"], "failed": s["failed"], "throughput_per_s": s["throughput_per_s"]}
+
+
 def static_max_rate(bench: Bench, config: ServingConfig | None, args, tag: str) -> tuple[float, list[dict]]:
     with bench.server(tag) as server:
         if config is not None:
             bench.set_config(server, config)
+        probe = retry_blips(lambda r: static_probe(bench, server, r, args, tag), bench.slo_ms, args.retries)
+        return rate_search(probe, args.start_rate)
 
-        def probe(rate: float):
-            bench.settle(server)
-            total = args.static_warmup_s + args.measure_s
-            ok, s = meets_slo(bench.load(server, total, constant(rate)), bench.slo_ms, skip_s=args.static_warmup_s)
-            print(f"  {tag}: {rate:7.1f} req/s → p99 {s['p99_ms']} ms {'ok' if ok else 'FAIL'}", file=sys.stderr)
-            return ok, {"p99_ms": s["p99_ms"], "failed": s["failed"], "throughput_per_s": s["throughput_per_s"]}
 
-        return rate_search(retry_blips(probe, bench.slo_ms, args.retries), args.start_rate)
+def fresh_static_probe(bench: Bench, config: ServingConfig, rate: float, args, tag: str) -> tuple[bool, dict]:
+    """A static config on a Triton of its own, as each orchestrator probe has."""
+    with bench.server(tag) as server:
+        bench.set_config(server, config)
+        return static_probe(bench, server, rate, args, tag)
 
 
 def orchestrated_probe(bench: Bench, rate: float, args, tag: str) -> tuple[bool, dict]:
@@ -133,10 +147,19 @@ def orchestrated_probe(bench: Bench, rate: float, args, tag: str) -> tuple[bool,
         return ok, info
 
 
-def orchestrator_max_rate(bench: Bench, a: float, b: float, args, tag: str) -> tuple[float, list[dict]]:
-    """The oracle's rate first; then bisection between the default's and the oracle's rates."""
+def orchestrator_max_rate(
+    bench: Bench, a: float, b: float, oracle: ServingConfig, args, tag: str
+) -> tuple[float, list[dict], float | None]:
+    """(rate, trail, the oracle's rate probed beside it or None). Paired (``--paired-step`` > 0): one grid down
+    from the oracle's rate, the oracle (fresh Triton) and the orchestrator probed in turn at each level. Otherwise
+    the oracle's rate first, then bisection between the default's and the oracle's rates."""
     probe = retry_blips(lambda r: orchestrated_probe(bench, r, args, tag), bench.slo_ms, args.retries)
-    return search_below(probe, a, b, args.bisect_steps)
+    if args.paired_step <= 0:
+        c, trail = search_below(probe, a, b, args.bisect_steps)
+        return c, trail, None
+    ref = retry_blips(lambda r: fresh_static_probe(bench, oracle, r, args, f"{tag}-oracle"), bench.slo_ms, args.retries)
+    b_paired, c, trail = paired_descent(ref, probe, b, a, args.paired_step, args.paired_levels)
+    return c, trail, b_paired
 
 
 def main() -> int:
@@ -174,9 +197,18 @@ def main() -> int:
         "--bisect-steps",
         type=int,
         default=3,
-        help="orchestrator: bisection steps between the default's and the oracle's rates (3: a resolution of an "
-        "eighth of the gap, as fine as the static arms' search near the oracle's rate)",
+        help="with --paired-step 0: the orchestrator's bisection steps between the default's and the oracle's "
+        "rates (3: an eighth of the gap, as fine as the static arms' search near the oracle's rate)",
     )
+    ap.add_argument(
+        "--paired-step",
+        type=float,
+        default=0.05,
+        help="the orchestrator's search: a grid down from the oracle's rate in this fraction of it, the oracle "
+        "probed beside the orchestrator at each level (c/b paired; the machine's drift between arms cancels); "
+        "0: bisection between the default's and the oracle's rates, arms minutes apart",
+    )
+    ap.add_argument("--paired-levels", type=int, default=6, help="grid levels below the oracle's rate")
     ap.add_argument("--runs-dir", type=Path, default=Path("runs/bench-goodput"))
     ap.add_argument(
         "--variants", default="", help="the sweep's variants (default: all above the floor); the orchestrator has all"
@@ -202,13 +234,16 @@ def main() -> int:
         with timed() as t:
             a, a_trail = static_max_rate(bench, None, args, f"r{i}-default")
             b, b_trail = static_max_rate(bench, oracle, args, f"r{i}-oracle")
-            c, c_trail = orchestrator_max_rate(bench, a, b, args, f"r{i}-orchestrator")
-        passing = [p for p in c_trail if p["ok"] and p["rate_per_s"] == round(c, 1)]
+            c, c_trail, b_paired = orchestrator_max_rate(bench, a, b, oracle, args, f"r{i}-orchestrator")
+        c_only = [p for p in c_trail if p.get("arm", "arm") == "arm"]
+        passing = [p for p in c_only if p["ok"] and p["rate_per_s"] == round(c, 1)]
         runs.append(
             {
                 "default_max_rate_per_s": round(a, 1),
                 "oracle_max_rate_per_s": round(b, 1),
                 "orchestrator_max_rate_per_s": round(c, 1),
+                "paired_oracle_rate_per_s": round(b_paired, 1) if b_paired else None,
+                "c_over_b_paired": round(c / b_paired, 3) if b_paired else None,
                 "orchestrator_converged_after_s": passing[0]["converged_after_s"] if passing else None,
                 "orchestrator_actions": passing[0]["actions"] if passing else None,
                 "orchestrator_final_config": passing[0]["final_config"] if passing else None,
@@ -216,7 +251,7 @@ def main() -> int:
                 "brackets": {
                     "default": bracket(a_trail, a),
                     "oracle": bracket(b_trail, b),
-                    "orchestrator": bracket(c_trail, c),
+                    "orchestrator": bracket(c_only, c),
                 },
                 "trails": {"default": a_trail, "oracle": b_trail, "orchestrator": c_trail},
                 "seconds": t.get("seconds"),
@@ -226,6 +261,8 @@ def main() -> int:
     b = median([r["oracle_max_rate_per_s"] for r in runs])
     c = median([r["orchestrator_max_rate_per_s"] for r in runs])
     conv = median([r["orchestrator_converged_after_s"] for r in runs])
+    paired = [r["c_over_b_paired"] for r in runs if r["c_over_b_paired"] is not None]
+    c_over_b_paired = median(paired) if paired else None
     out = {
         "benchmark": "goodput",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
@@ -254,11 +291,13 @@ def main() -> int:
             "b_over_a": round(b / a, 2) if a else None,
             "c_over_a": round(c / a, 2) if a else None,
             "c_over_b": round(c / b, 2) if b else None,
+            "c_over_b_paired": c_over_b_paired,
             "orchestrator_converged_after_s": conv,
         },
         "goals": {
             "c_over_a_ge_2": bool(a and c / a >= 2.0),
             "c_over_b_ge_0.95": bool(b and c / b >= 0.95),
+            "c_over_b_paired_ge_0.95": None if c_over_b_paired is None else c_over_b_paired >= 0.95,
             "converged_within_60_s": conv is not None and conv <= 60,
         },
         "runs": runs,

@@ -21,6 +21,7 @@ import contextlib
 import csv
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -35,6 +36,12 @@ from locust import LoadTestShape, User, events, task
 from locust.runners import MasterRunner, WorkerRunner
 
 grpc_gevent.init_gevent()
+
+# tritune stops Locust with SIGINT (its reports are written on the way out). A process started as a background job of
+# a non-interactive shell (``cmd &`` in a script, a CI step) ignores SIGINT, and so do its children: Locust would
+# ignore the stop, be killed 15 s later and leave no summary. Its own session keeps a terminal's Ctrl-C away anyway.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402

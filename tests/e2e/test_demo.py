@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -69,6 +70,8 @@ def test_demo_stops_everything_on_ctrl_c(tmp_path, quick_repository, quick_cache
         stderr=subprocess.STDOUT,
         text=True,
         cwd=tmp_path,
+        # Ctrl-C at a terminal: a suite run as a background job (``make test &``) passes SIGINT on ignored
+        preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL),
     )
     lines = []
     deadline = time.monotonic() + 240

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.common import bracket, rate_search, retry_blips, search_below
+from bench.common import bracket, paired_descent, rate_search, retry_blips, search_below
 
 SLO_MS = 50.0
 
@@ -84,3 +84,50 @@ def test_search_below_checks_the_low_rate_only_when_nothing_above_it_held():
     probe, calls = config_with_limit(450)
     assert search_below(probe, 400, 1200, bisect_steps=2)[0] == 400 and calls[-1] == 400
     assert bracket(trail, 0.0) == [0.0, 400]
+
+
+def drifting_machine(limits_per_s: list[float]):
+    """Probes for two arms sharing one machine whose capacity drifts: the n-th probe of either arm meets
+    ``limits_per_s[n]`` (the last one from then on)."""
+    calls: list[tuple[str, float]] = []
+
+    def probe_for(arm: str):
+        def probe(rate: float):
+            limit = limits_per_s[min(len(calls), len(limits_per_s) - 1)]
+            calls.append((arm, rate))
+            return rate <= limit, {"p99_ms": 8.0 if rate <= limit else 2500.0, "failed": 0}
+
+        return probe
+
+    return probe_for, calls
+
+
+def test_paired_descent_probes_both_arms_at_each_level_until_each_has_held_one():
+    probe_for, calls = drifting_machine([1000])
+    ref, arm, trail = paired_descent(probe_for("oracle"), probe_for("orch"), 1200, 300, step_frac=0.05)
+    assert ref == arm == pytest.approx(960)  # the first level at or below 1,000 (1,020 is above it)
+    assert calls[:2] == [("oracle", 1200), ("orch", 1200)]  # in turn, the reference first
+    assert [t["level"] for t in trail] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+
+
+def test_paired_arms_meet_the_same_machine():
+    # The oracle's own search met a machine that held 1,200 req/s; by the orchestrator's turn it holds 900. Probed
+    # beside it, the oracle reads 900 too: the same config gives c/b 1 paired (sequentially 900 / 1,200 = 0.75).
+    probe_for, _ = drifting_machine([900])
+    ref, arm, _ = paired_descent(probe_for("oracle"), probe_for("orch"), 1200, 300, step_frac=0.05)
+    assert ref == arm == pytest.approx(900)
+
+
+def test_a_drift_inside_one_level_is_not_cancelled():
+    probe_for, _ = drifting_machine([1200, 900])  # slows between the oracle's and the orchestrator's first probe
+    ref, arm, _ = paired_descent(probe_for("oracle"), probe_for("orch"), 1200, 300, step_frac=0.05)
+    assert ref == 1200 and arm == pytest.approx(900)
+
+
+def test_paired_descent_falls_back_to_the_low_rate_when_the_arm_holds_no_level():
+    probe_for, _ = drifting_machine([10_000])
+    weak = config_with_limit(350)[0]
+    ref, arm, trail = paired_descent(probe_for("oracle"), weak, 1200, 300, step_frac=0.1, max_levels=3)
+    assert ref == 1200 and arm == 300
+    assert trail[-1] == {"level": None, "arm": "arm", "rate_per_s": 300, "ok": True, "p99_ms": 8.0, "failed": 0}
+    assert [t["rate_per_s"] for t in trail if t["arm"] == "arm"] == [1200, 1080, 960, 840, 300]
