@@ -185,16 +185,23 @@ def retry_blips(probe, slo_ms: float, retries: int = 1, blip_limit: float = 10.0
     return retried
 
 
+def _recorded(probe, trail: list[dict] | None = None, **tags):
+    """``check(rate) -> ok`` over ``probe(rate) -> (ok, info)``, appending each try (with ``tags``) to ``trail``."""
+    trail = [] if trail is None else trail
+
+    def check(rate: float) -> bool:
+        ok, info = probe(rate)
+        trail.append({**tags, "rate_per_s": round(rate, 1), "ok": ok, **info})
+        return ok
+
+    return check, trail
+
+
 def search_below(probe, low: float, high: float, bisect_steps: int = 3) -> tuple[float, list[dict]]:
     """Highest rate up to ``high`` at which ``probe(rate) -> (ok, info)`` holds: ``high`` first, then bisection
     between ``low`` (a rate expected to hold, not assumed to) and ``high``, to a resolution of
     (high − low) / 2^bisect_steps. Checks ``low`` itself only when nothing above it held; 0 if that fails too."""
-    trail: list[dict] = []
-
-    def check(rate: float) -> bool:
-        ok, info = probe(rate)
-        trail.append({"rate_per_s": round(rate, 1), "ok": ok, **info})
-        return ok
+    check, trail = _recorded(probe)
 
     if check(high):
         return high, trail
@@ -224,28 +231,22 @@ def paired_descent(
     Returns (reference rate or None, arm rate, trail).
     """
     trail: list[dict] = []
-    ref_rate: float | None = None
-    arm_rate: float | None = None
+    arms = {"reference": probe_ref, "arm": probe_arm}
+    rates: dict[str, float | None] = dict.fromkeys(arms)
     for k in range(max_levels + 1):
         rate = top * (1 - step_frac * k)
         if rate < low:
             break
-        for name, probe in (("reference", probe_ref), ("arm", probe_arm)):
-            if (ref_rate if name == "reference" else arm_rate) is not None:
-                continue
-            ok, info = probe(rate)
-            trail.append({"level": k, "arm": name, "rate_per_s": round(rate, 1), "ok": ok, **info})
-            if ok and name == "reference":
-                ref_rate = rate
-            elif ok:
-                arm_rate = rate
-        if ref_rate is not None and arm_rate is not None:
-            return ref_rate, arm_rate, trail
-    if arm_rate is None:  # nothing on the grid held: does ``low`` itself?
-        ok, info = probe_arm(low)
-        trail.append({"level": None, "arm": "arm", "rate_per_s": round(low, 1), "ok": ok, **info})
-        arm_rate = low if ok else 0.0
-    return ref_rate, arm_rate, trail
+        for name in (n for n in arms if rates[n] is None):
+            check, _ = _recorded(arms[name], trail, level=k, arm=name)
+            if check(rate):
+                rates[name] = rate
+        if None not in rates.values():
+            break
+    if rates["arm"] is None:  # nothing on the grid held: does ``low`` itself?
+        check, _ = _recorded(probe_arm, trail, level=None, arm="arm")
+        rates["arm"] = low if check(low) else 0.0
+    return rates["reference"], rates["arm"], trail
 
 
 def bracket(trail: list[dict], rate: float) -> list[float | None]:
@@ -259,12 +260,7 @@ def rate_search(probe, start: float, max_rate: float = 4000.0, bisect_steps: int
 
     Returns 0 if even ``start`` fails (after halving twice).
     """
-    trail: list[dict] = []
-
-    def check(rate: float) -> bool:
-        ok, info = probe(rate)
-        trail.append({"rate_per_s": round(rate, 1), "ok": ok, **info})
-        return ok
+    check, trail = _recorded(probe)
 
     lo, hi = 0.0, None
     rate = start
