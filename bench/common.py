@@ -19,13 +19,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from builders.data import load_dataset
-from builders.repository import read_manifest
 from loadtest.openloop import LoadResult, OpenLoopLoad, RateFn, constant
-from orchestrator.apply import Applier
 from orchestrator.loop import LoopOptions, Orchestrator
-from orchestrator.policy import Context, ControllerConfig, GuardConfig, Objective, ServingConfig, VariantInfo
+from orchestrator.policy import Context, ControllerConfig, GuardConfig, Objective, variants_from_manifest
+from tritune.apply import Applier
 from tritune.client import InferenceClient
+from tritune.manifest import Manifest
 from tritune.server import ServerOptions, TritonServer
+from tritune.serving import ServingConfig
 
 KEY = "bench-key"
 WINDOW_S = 5.0
@@ -40,19 +41,15 @@ class Bench:
     slo_ms: float
     floor: float
     interval_s: float = 1.0
-    headroom: bool = True  # the orchestrate command's default on the CPU
+    headroom: bool = Context.headroom  # the policy's default, as the orchestrate command runs it
 
     def __post_init__(self) -> None:
-        self.manifest = read_manifest(self.repository)
-        data = load_dataset(self.manifest["dataset"]["name"], self.manifest["options"].get("data_dir", "data"))
+        self.manifest = Manifest.read(self.repository)
+        data = load_dataset(self.manifest.dataset["name"], self.manifest.data_dir)
         self.images, self.labels = data.x_test, data.y_test
-        variants = {
-            n: VariantInfo(n, v["model_name"], v["top1"], v["latency_ms"]["batch_32"])
-            for n, v in self.manifest["variants"].items()
-        }
         self.ctx = Context(
             objective=Objective(self.slo_ms, self.floor),
-            variants=variants,
+            variants=variants_from_manifest(self.manifest),
             cores=os.cpu_count() or 1,
             headroom=self.headroom,
         )
@@ -153,7 +150,7 @@ def _orchestrate(grpc_url: str, ctx: Context, options: LoopOptions, max_s: float
 
 def default_floor(repository: Path, floor: float) -> float:
     """``floor`` as given, or (when negative) one top-1 point below the fp32 variant."""
-    return floor if floor >= 0 else max(0.0, read_manifest(repository)["variants"]["fp32"]["top1"] - 0.01)
+    return floor if floor >= 0 else max(0.0, Manifest.read(repository).variants["fp32"].top1 - 0.01)
 
 
 def meets_slo(result: LoadResult, slo_ms: float, skip_s: float) -> tuple[bool, dict]:

@@ -54,7 +54,7 @@ from bench.common import (
 from loadtest.measure import StabilityRule
 from loadtest.openloop import constant
 from loadtest.sweep import SweepGenerator, SweepSpace, run_sweep
-from orchestrator.policy import ServingConfig
+from tritune.serving import ServingConfig
 
 
 def oracle_sweep(bench: Bench, args) -> dict:

@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import converged_after_s
 from builders.data import load_dataset
-from builders.repository import read_manifest
 from loadtest.openloop import OpenLoopLoad, constant
-from orchestrator.apply import Applier
 from orchestrator.loop import LoopOptions, Orchestrator
-from orchestrator.policy import Context, ControllerConfig, GuardConfig, Objective, VariantInfo
+from orchestrator.policy import Context, ControllerConfig, GuardConfig, Objective, variants_from_manifest
+from tritune.apply import Applier
 from tritune.client import InferenceClient
+from tritune.manifest import Manifest
 from tritune.server import ServerOptions, TritonServer
 
 KEY = "bench-key"
@@ -104,13 +104,13 @@ def main() -> int:
     ap.add_argument("--runs-dir", type=Path, default=Path("runs/bench-orchestrator"), help="Triton logs per run")
     args = ap.parse_args()
 
-    manifest = read_manifest(args.repository)
-    data = load_dataset(manifest["dataset"]["name"], manifest["options"].get("data_dir", "data"))
-    variants = {
-        n: VariantInfo(n, v["model_name"], v["top1"], v["latency_ms"]["batch_32"])
-        for n, v in manifest["variants"].items()
-    }
-    ctx = Context(objective=Objective(args.slo_ms, args.accuracy_floor), variants=variants, cores=os.cpu_count() or 1)
+    manifest = Manifest.read(args.repository)
+    data = load_dataset(manifest.dataset["name"], manifest.data_dir)
+    ctx = Context(
+        objective=Objective(args.slo_ms, args.accuracy_floor),
+        variants=variants_from_manifest(manifest),
+        cores=os.cpu_count() or 1,
+    )
     runs = [one_run(args, data, ctx, i) for i in range(args.repeats)]
 
     def med(path: list[str]):

@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import Bench, median
 from loadtest.openloop import OpenLoopLoad, constant
-from orchestrator.policy import ServingConfig
+from tritune import slo
+from tritune.serving import ServingConfig
 
 AFTER_S = 2.0  # a reconfiguration window lasts until this long after the apply returned
 
@@ -115,9 +116,8 @@ def one_run(bench: Bench, args, index: int) -> dict:
     ok = np.array([r.ok for r in result.records])
     warm = sched >= 2.0
 
-    def p99(mask):
-        m = mask & ok & warm
-        return round(float(np.percentile(lat[m], 99)), 2) if m.any() else None
+    def pct(mask, q):
+        return slo.percentile_ms(lat[mask & ok & warm], q)
 
     def by_mode(mode):
         return [c["apply_s"] for c in changes if c["mode"] == mode and c["ok"]]
@@ -128,14 +128,12 @@ def one_run(bench: Bench, args, index: int) -> dict:
         "requests": len(result.records),
         "failed_requests": len(result.failures),
         "failure_samples": sorted({r.error for r in result.failures})[:3],
-        "p99_ms_reconfiguration_windows": p99(in_reconf),
-        "p99_ms_steady_state": p99(~in_reconf),
-        "p99_ms_full_reload_windows": p99(in_mode["full-reload"]),
-        "p99_ms_in_place_windows": p99(in_mode["in-place"]),
-        "p50_ms_reconfiguration_windows": round(float(np.percentile(lat[in_reconf & ok & warm], 50)), 2)
-        if (in_reconf & ok & warm).any()
-        else None,
-        "p50_ms_steady_state": round(float(np.percentile(lat[~in_reconf & ok & warm], 50)), 2),
+        "p99_ms_reconfiguration_windows": pct(in_reconf, 99),
+        "p99_ms_steady_state": pct(~in_reconf, 99),
+        "p99_ms_full_reload_windows": pct(in_mode["full-reload"], 99),
+        "p99_ms_in_place_windows": pct(in_mode["in-place"], 99),
+        "p50_ms_reconfiguration_windows": pct(in_reconf, 50),
+        "p50_ms_steady_state": pct(~in_reconf, 50),
         "apply_s_full_reload_median": median(by_mode("full-reload")),
         "apply_s_in_place_median": median(by_mode("in-place")),
         "full_reloads": len(by_mode("full-reload")),

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from builders import onnx_utils as ox
 from builders.data import load_dataset
-from builders.repository import read_manifest
 from builders.train import top1
+from tritune.manifest import Manifest
 
 TARGETS = {"int8_speedup_b32": 1.3, "pruned_speedup_b32": 1.4, "max_accuracy_loss_points": 1.0}
 
@@ -52,14 +52,12 @@ def main() -> int:
         from builders.build import BuildOptions, build
 
         build(BuildOptions(repository=args.repository), log=lambda m: print(m, file=sys.stderr))
-    manifest = read_manifest(args.repository)
-    ds = manifest["dataset"]
-    data = load_dataset(
-        ds["name"] if ds["name"] in ("cifar10", "digits") else "auto", manifest["options"].get("data_dir", "data")
-    )
-    variants = manifest["variants"]
+    manifest = Manifest.read(args.repository)
+    ds = manifest.dataset
+    data = load_dataset(ds["name"] if ds["name"] in ("cifar10", "digits") else "auto", manifest.data_dir)
+    variants = manifest.variants
     sessions = {
-        name: ox.session(args.repository / v["model_name"] / "1" / "model.onnx", args.threads)
+        name: ox.session(args.repository / v.model_name / "1" / "model.onnx", args.threads)
         for name, v in variants.items()
     }
     samples: dict[str, dict[int, list[float]]] = {n: {1: [], 32: []} for n in sessions}
@@ -73,9 +71,9 @@ def main() -> int:
         acc = top1(ox.run_onnx(sessions[name], data.x_test), data.y_test)
         results[name] = {
             "top1": round(acc, 4),
-            "parameters": v["parameters"],
-            "flops": v["flops"],
-            "file_bytes": v["file_bytes"],
+            "parameters": v.parameters,
+            "flops": v.flops,
+            "file_bytes": v.file_bytes,
             "throughput_img_per_s": {f"batch_{b}": round(float(np.median(s)), 1) for b, s in samples[name].items()},
         }
     base = results.get("fp32")

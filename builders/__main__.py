@@ -1,7 +1,10 @@
-"""``python -m builders`` is ``tritune build``."""
+"""``python -m builders``: the build on its own (``tritune build`` adds the environment and config-file layers)."""
 
+import argparse
 import sys
 
-from tritune.cli import main
+from builders import cli
 
-raise SystemExit(main(["build", *sys.argv[1:]]))
+parser = argparse.ArgumentParser(prog="python -m builders", description="build the tritune model repository")
+cli.add_arguments(parser)
+raise SystemExit(cli.run(parser.parse_args(sys.argv[1:])) or 0)

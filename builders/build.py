@@ -24,10 +24,12 @@ from builders import onnx_utils as ox
 from builders.data import load_dataset
 from builders.models import CompressedNet, SeedCNN, count_flops, count_parameters, load_checkpoint, save_checkpoint
 from builders.prune import structured_prune
-from builders.repository import MANIFEST, StagedRepository, read_manifest, write_json
+from builders.repository import MANIFEST, StagedRepository
 from builders.targets import VariantArtifact, get_target
 from builders.train import TrainConfig, distill, predict_logits, top1, train
+from tritune import model_io
 from tritune.errors import BuildError, CheckpointError, ExportError, RepositoryError
+from tritune.manifest import Manifest, VariantRecord
 
 VARIANTS = ("fp32", "pruned", "distilled", "fp16", "int8")
 # The public model holds every variant as a version; the numbers are fixed so a config names the same variant
@@ -92,6 +94,18 @@ class BuildOptions:
             raise BuildError(f"subset must be 0 (all) or positive, got {self.subset}")
 
 
+# A small, fast build (about a minute on 2 cores) for CI and first looks; numbers from it are not the product's.
+QUICK_BUILD = BuildOptions(
+    dataset="digits",
+    subset=240,
+    epochs=2,
+    finetune_epochs=1,
+    distill_epochs=1,
+    calibration_size=32,
+    latency_runs=1,
+)
+
+
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -140,7 +154,7 @@ def versions() -> dict[str, str | None]:
     }
 
 
-def build(opts: BuildOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+def build(opts: BuildOptions, log: Callable[[str], None] = print) -> Manifest:
     """Build the requested variants into ``opts.repository``; returns the manifest."""
     opts.validate()
     target = get_target(opts.target, opts.compiler, opts.cache_dir)
@@ -222,7 +236,7 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> dict[str, A
             cache.put(key, student, {"stage": "distilled"})
         torch_models["distilled"] = student
 
-    manifest_variants: dict[str, Any] = {}
+    manifest_variants: dict[str, VariantRecord] = {}
     with (
         tempfile.TemporaryDirectory(prefix="tritune-artifacts-") as art_dir,
         StagedRepository(opts.repository) as staging,
@@ -265,27 +279,27 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> dict[str, A
             acc = top1(logits, data.y_test)
             artifact = VariantArtifact(name, PRECISION[name], path, module=model)
             compiled = target.compile(artifact, opts.model_prefix + name, staging, opts.max_batch_size)
-            entry = {
-                "model_name": compiled.model_name,
-                "variant": name,
-                "precision": PRECISION[name],
-                "architecture": type(model).__name__,
-                "arch_kwargs": {k: v for k, v in model.arch_kwargs().items() if k not in ("mean", "std")},
-                "derived_from": derived_from[name],
-                "parameters": count_parameters(model),
-                "flops": count_flops(model),
-                "file_bytes": path.stat().st_size,
-                "sha256": compiled.artifact_sha256,
-                "top1": acc,
-                "top1_delta_vs_fp32_points": round((acc - fp32_top1) * 100, 3),
-                "error_vs_fp32": ox.compare(fp32_logits, logits),
-                "export_check_vs_torch": export_checks[name],
-                "latency_ms": {f"batch_{b}": ox.latency_ms(sess, b, opts.latency_runs) for b in (1, 32)},
-                "target": target.name,
-                "backend": target.backend_description,
-                "built_with": built_with,
-                "dataset_fingerprint": data.fingerprint,
-            }
+            entry = dict(
+                model_name=compiled.model_name,
+                variant=name,
+                precision=PRECISION[name],
+                architecture=type(model).__name__,
+                arch_kwargs={k: v for k, v in model.arch_kwargs().items() if k not in ("mean", "std")},
+                derived_from=derived_from[name],
+                parameters=count_parameters(model),
+                flops=count_flops(model),
+                file_bytes=path.stat().st_size,
+                sha256=compiled.artifact_sha256,
+                top1=acc,
+                top1_delta_vs_fp32_points=round((acc - fp32_top1) * 100, 3),
+                error_vs_fp32=ox.compare(fp32_logits, logits),
+                export_check_vs_torch=export_checks[name],
+                latency_ms={f"batch_{b}": ox.latency_ms(sess, b, opts.latency_runs) for b in (1, 32)},
+                target=target.name,
+                backend=target.backend_description,
+                built_with=built_with,
+                dataset_fingerprint=data.fingerprint,
+            )
             if name in ("pruned", "int8"):
                 entry["accuracy_target_met"] = entry["top1_delta_vs_fp32_points"] >= -ACCURACY_TARGET_POINTS
                 if not entry["accuracy_target_met"]:
@@ -293,7 +307,7 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> dict[str, A
                         f"warning: {name} top-1 is {-entry['top1_delta_vs_fp32_points']:.2f} points below fp32 "
                         f"(target {ACCURACY_TARGET_POINTS}); train longer or lower --prune-ratio"
                     )
-            manifest_variants[name] = entry
+            manifest_variants[name] = VariantRecord(**entry)
             log(
                 f"{name}: top-1 {acc:.4f}, {entry['parameters']:,} params, {entry['flops'] / 1e6:.1f} MFLOPs, "
                 f"{entry['file_bytes'] / 1e6:.2f} MB, {entry['latency_ms']['batch_32']:.2f} ms @32 "
@@ -309,12 +323,11 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> dict[str, A
                 public, VERSION_OF[opts.public_variant], opts.public_model, staging, opts.max_batch_size
             )
 
-        manifest = _merge_manifest(opts, data.describe(), manifest_variants)
-        manifest["build_seconds"] = round(time.perf_counter() - started, 1)
-        write_json(staging / MANIFEST, manifest)
+        manifest = _merge_manifest(opts, data.describe(), manifest_variants, round(time.perf_counter() - started, 1))
+        manifest.write(staging / MANIFEST)
     log(
         f"wrote {len(manifest_variants)} variant(s) + public model {opts.public_model!r} to {opts.repository} "
-        f"in {manifest['build_seconds']} s"
+        f"in {manifest.build_seconds} s"
     )
     return manifest
 
@@ -328,32 +341,44 @@ def _enforce_tolerance(name: str, kind: str, check: dict) -> None:
         )
 
 
-def _merge_manifest(opts: BuildOptions, dataset: dict, variants: dict) -> dict[str, Any]:
+def _merge_manifest(
+    opts: BuildOptions, dataset: dict, variants: dict[str, VariantRecord], build_seconds: float
+) -> Manifest:
     """Keep earlier entries for variants this build did not touch, if they came from the same data."""
     merged = dict(variants)
     try:
-        old = read_manifest(opts.repository)
+        old = Manifest.read(opts.repository).variants
     except RepositoryError:
-        old = {}
-    for name, entry in old.get("variants", {}).items():
+        old = {}  # none yet, or of another schema: this build's variants only
+    for name, entry in old.items():
         if (
             name not in merged
-            and entry.get("dataset_fingerprint") == dataset["fingerprint"]
-            and (opts.repository / entry.get("model_name", "")).is_dir()
+            and entry.dataset_fingerprint == dataset["fingerprint"]
+            and (opts.repository / entry.model_name).is_dir()
         ):
             merged[name] = entry
     opt_view = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
-    return {
-        "schema_version": 1,
-        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "host": {"machine": platform.machine(), "cpus": os.cpu_count()},
-        "dataset": dataset,
-        "public_model": opts.public_model,
-        "public_variant": opts.public_variant,
-        "public_versions": {v: VERSION_OF[v] for v in variants},
-        "input": {"name": ox.INPUT_NAME, "datatype": "FP32", "shape": [-1, 3, 32, 32], "range": [0.0, 1.0]},
-        "output": {"name": ox.OUTPUT_NAME, "datatype": "FP32", "shape": [-1, 10], "meaning": "class logits"},
-        "accuracy_target_points": ACCURACY_TARGET_POINTS,
-        "options": opt_view,
-        "variants": {k: merged[k] for k in VARIANTS if k in merged},
-    }
+    return Manifest(
+        created_utc=datetime.now(UTC).isoformat(timespec="seconds"),
+        host={"machine": platform.machine(), "cpus": os.cpu_count()},
+        dataset=dataset,
+        public_model=opts.public_model,
+        public_variant=opts.public_variant,
+        public_versions={v: VERSION_OF[v] for v in variants},
+        input={
+            "name": model_io.INPUT_NAME,
+            "datatype": model_io.INPUT_DATATYPE,
+            "shape": [-1, *model_io.INPUT_SHAPE],
+            "range": [0.0, 1.0],
+        },
+        output={
+            "name": model_io.OUTPUT_NAME,
+            "datatype": model_io.INPUT_DATATYPE,
+            "shape": [-1, model_io.NUM_CLASSES],
+            "meaning": "class logits",
+        },
+        accuracy_target_points=ACCURACY_TARGET_POINTS,
+        options=opt_view,
+        variants={k: merged[k] for k in VARIANTS if k in merged},
+        build_seconds=build_seconds,
+    )

@@ -1,4 +1,4 @@
-"""``tritune build`` / ``python -m builders``: options and entry point."""
+"""``tritune build`` (and ``python -m builders``): options and entry point."""
 
 from __future__ import annotations
 
@@ -129,5 +129,5 @@ def run(args: argparse.Namespace) -> int:
 
     manifest = build(options_from_args(args), log=lambda msg: print(msg, flush=True))
     if args.json:
-        print(json.dumps(manifest, indent=2))
+        print(json.dumps(manifest.to_dict(), indent=2))
     return 0

@@ -17,9 +17,7 @@ import torch
 from torch import nn
 
 from tritune.errors import CheckpointError
-
-INPUT_SHAPE = (3, 32, 32)
-NUM_CLASSES = 10
+from tritune.model_io import INPUT_SHAPE, NUM_CLASSES
 
 
 class Normalize(nn.Module):

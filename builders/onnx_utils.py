@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from tritune.errors import BuildError, ExportError
+from tritune.model_io import INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 # Largest batch the exported graph is declared for; the served max_batch_size must not exceed it.
 MAX_EXPORT_BATCH = 1024
 
@@ -44,7 +43,7 @@ def _quiet() -> Iterator[None]:
 def export_onnx(model: nn.Module, path: Path, opset: int = 18) -> Path:
     """Export with a dynamic batch dimension to one self-contained file (no external ``.onnx.data``)."""
     model = model.eval()
-    example = (torch.rand(2, 3, 32, 32),)
+    example = (torch.rand(2, *INPUT_SHAPE),)
     batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         tmp_path = Path(tmp) / "model.onnx"
@@ -196,7 +195,7 @@ def to_int8(
 
 def latency_ms(sess: ort.InferenceSession, batch: int, runs: int = 5, min_time_s: float = 0.2) -> float:
     """Median over ``runs`` of the mean time of one call at ``batch`` (each run lasts at least ``min_time_s``)."""
-    x = np.random.default_rng(0).random((batch, 3, 32, 32), dtype=np.float32)
+    x = np.random.default_rng(0).random((batch, *INPUT_SHAPE), dtype=np.float32)
     for _ in range(3):
         sess.run([OUTPUT_NAME], {INPUT_NAME: x})
     samples = []

@@ -1,4 +1,4 @@
-"""Writing the Triton model repository atomically, and reading its manifest.
+"""Writing the Triton model repository atomically (the manifest itself is :mod:`tritune.manifest`'s).
 
 A build writes everything into a staging folder beside the repository (same file system), then moves each
 finished model folder into place with renames. A failed build leaves the repository exactly as it was.
@@ -7,16 +7,13 @@ finished model folder into place with renames. A failed build leaves the reposit
 from __future__ import annotations
 
 import compileall
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from tritune.errors import RepositoryError
-
-MANIFEST = "manifest.json"
+from tritune.manifest import MANIFEST
 
 
 def _writable_parent(repository: Path) -> Path:
@@ -86,19 +83,3 @@ class StagedRepository:
             ) from exc
         finally:
             shutil.rmtree(trash, ignore_errors=True)
-
-
-def read_manifest(repository: Path) -> dict[str, Any]:
-    path = Path(repository) / MANIFEST
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RepositoryError(f"{path} does not exist; build the repository first with `tritune build`") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RepositoryError(f"{path} is unreadable or not JSON ({exc}); rebuild with `tritune build`") from exc
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)

@@ -47,6 +47,7 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 
 from loadtest.shapes import Shape, parse_shape  # noqa: E402
+from tritune.model_io import INPUT_DATATYPE, INPUT_NAME, OUTPUT_NAME  # noqa: E402
 
 _wrong_answers = 0  # this process; workers report theirs to the master (report_to_master / worker_report)
 _worker_wrong_answers: dict[str, int] = {}
@@ -182,10 +183,12 @@ class TritonHttpUser(_TritonUser):
         )
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp = httpclient.InferInput(INPUT_NAME, list(x.shape), INPUT_DATATYPE)
         inp.set_data_from_numpy(x, binary_data=True)
-        out = httpclient.InferRequestedOutput("logits", binary_data=True)
-        return self.client.infer(self.model, [inp], outputs=[out], timeout=int(self.timeout_s * 1e6)).as_numpy("logits")
+        out = httpclient.InferRequestedOutput(OUTPUT_NAME, binary_data=True)
+        return self.client.infer(self.model, [inp], outputs=[out], timeout=int(self.timeout_s * 1e6)).as_numpy(
+            OUTPUT_NAME
+        )
 
 
 class TritonGrpcUser(_TritonUser):
@@ -197,9 +200,9 @@ class TritonGrpcUser(_TritonUser):
         return grpcclient.InferenceServerClient(opts.grpc_url)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        inp = grpcclient.InferInput("input", list(x.shape), "FP32")
+        inp = grpcclient.InferInput(INPUT_NAME, list(x.shape), INPUT_DATATYPE)
         inp.set_data_from_numpy(x)
-        return self.client.infer(self.model, [inp], client_timeout=self.timeout_s).as_numpy("logits")
+        return self.client.infer(self.model, [inp], client_timeout=self.timeout_s).as_numpy(OUTPUT_NAME)
 
 
 class TrituneShape(LoadTestShape):

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from tritune import slo
+
 
 @dataclass(frozen=True)
 class Measurement:
@@ -117,7 +119,8 @@ def measure(
         win = [r for r in records if since <= r[0] < edges[-1]]
     lat = np.array([r[1] for r in win if r[2]])
     span = edges[-1] - since
-    pct = (lambda q: round(float(np.percentile(lat, q)), 2)) if len(lat) else (lambda q: float("inf"))
+    # no successful request: an infinite percentile, which no SLO accepts
+    pct = (lambda q: slo.percentile_ms(lat, q)) if len(lat) else (lambda q: float("inf"))
     return Measurement(
         throughput_infer_per_s=round(len(lat) * batch / span, 1),
         p50_ms=pct(50),

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from tritune import slo
+from tritune.model_io import INPUT_DATATYPE, INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME
+
 RateFn = Callable[[float], float]  # seconds since start → requests per second
 
 
@@ -45,18 +48,13 @@ class LoadResult:
         t = start_s
         while t + size_s <= end_s + 1e-9:
             rs = [r for r in self.records if t <= r.scheduled_s < t + size_s]
-            lat = np.array([r.latency_ms for r in rs if r.ok]) if rs else np.array([])
-            fails = sum(1 for r in rs if not r.ok)
-            p99 = float(np.percentile(lat, 99)) if len(lat) else None
+            stats = slo.window_stats([r.latency_ms for r in rs if r.ok], sum(1 for r in rs if not r.ok), slo_ms)
             out.append(
                 {
                     "start_s": round(t, 2),
                     "requests": len(rs),
                     "rate_per_s": round(len(rs) / size_s, 1),
-                    "p50_ms": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
-                    "p99_ms": round(p99, 2) if p99 is not None else None,
-                    "failures": fails,
-                    "slo_met": (fails == 0 and p99 is not None and p99 <= slo_ms) if slo_ms else None,
+                    **{k: stats[k] for k in ("p50_ms", "p99_ms", "failures", "slo_met")},
                 }
             )
             t += size_s
@@ -71,8 +69,8 @@ class LoadResult:
             "requests": len(rs),
             "failed": sum(1 for r in rs if not r.ok),
             "wrong_answers": sum(1 for r in rs if r.correct is False),
-            "p50_ms": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
-            "p99_ms": round(float(np.percentile(lat, 99)), 2) if len(lat) else None,
+            "p50_ms": slo.percentile_ms(lat, 50),
+            "p99_ms": slo.percentile_ms(lat, 99),
             "throughput_per_s": round(sum(1 for r in rs if r.ok) / span, 1),
             "goodput_per_s": round(good / span, 1),
         }
@@ -129,7 +127,7 @@ class OpenLoopLoad:
                 if t > now:
                     time.sleep(t - now)
                 idx = [(i * self.batch + k) % n_images for k in range(self.batch)]
-                inp = grpcclient.InferInput("input", [self.batch, 3, 32, 32], "FP32")
+                inp = grpcclient.InferInput(INPUT_NAME, [self.batch, *INPUT_SHAPE], INPUT_DATATYPE)
                 inp.set_data_from_numpy(self.images[idx])
                 expected = self.labels[idx] if self.labels is not None else None
 
@@ -138,7 +136,7 @@ class OpenLoopLoad:
                     latency = (time.perf_counter() - start - scheduled) * 1000
                     correct = None
                     if error is None and expected is not None:
-                        correct = bool((result.as_numpy("logits").argmax(1) == expected).all())
+                        correct = bool((result.as_numpy(OUTPUT_NAME).argmax(1) == expected).all())
                     rec = Record(
                         scheduled, latency, error is None, None if error is None else str(error)[:200], correct
                     )

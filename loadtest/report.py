@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.run import read_requests
+from tritune import slo
 
 WINDOW_S = 5.0
 
@@ -76,17 +77,11 @@ def windows(rows: list[dict], t0: float, slo_ms: float | None, size_s: float = W
     while t < t_end:
         m = (ends >= t) & (ends < t + size_s)
         good = lat[m & ok]
-        fails = int((m & ~ok).sum())
-        p99 = float(np.percentile(good, 99)) if len(good) else None
         out.append(
             {
                 "t_s": round(t - t0, 1),
                 "throughput_req_per_s": round(len(good) / size_s, 1),
-                "p50_ms": round(float(np.percentile(good, 50)), 2) if len(good) else None,
-                "p95_ms": round(float(np.percentile(good, 95)), 2) if len(good) else None,
-                "p99_ms": round(p99, 2) if p99 is not None else None,
-                "failures": fails,
-                "slo_met": (fails == 0 and p99 is not None and p99 <= slo_ms) if slo_ms else None,
+                **slo.window_stats(good, int((m & ~ok).sum()), slo_ms),
             }
         )
         t += size_s

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.shapes import parse_shape
+from tritune import slo
 from tritune.errors import ConfigError, LoadTestError
 from tritune.server import free_port
 
@@ -287,8 +288,8 @@ def collect(run_dir: Path, exit_code: int) -> LoadTestResult:
     if rows:
         span = max(rows[-1]["end_epoch_s"] - rows[0]["end_epoch_s"], 1e-9)
         summary.update(
-            client_p50_ms=round(float(np.percentile(ok, 50)), 2) if len(ok) else None,
-            client_p99_ms=round(float(np.percentile(ok, 99)), 2) if len(ok) else None,
+            client_p50_ms=slo.percentile_ms(ok, 50),
+            client_p99_ms=slo.percentile_ms(ok, 99),
             throughput_req_per_s=round(len(ok) / span, 1),
         )
     summary["stats"] = stats

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from loadtest.measure import Measurement, StabilityRule, measure
-from orchestrator.apply import Applier
-from orchestrator.policy import ServingConfig
+from tritune.apply import Applier
 from tritune.errors import ConfigError, TrituneError
+from tritune.serving import ServingConfig
 
 MIN_GAIN = 0.05  # less than 5% more throughput from more concurrency: the config is saturated
 

@@ -6,19 +6,21 @@ import argparse
 import json
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from builders.repository import read_manifest
 from loadtest.measure import StabilityRule
 from loadtest.report import write_report
 from loadtest.run import new_run_dir
 from loadtest.sweep import SweepGenerator, SweepSpace, run_sweep, write_sweep
-from orchestrator.apply import Applier
+from tritune.apply import Applier
 from tritune.client import InferenceClient, variant_versions
 from tritune.errors import ConfigError
+from tritune.manifest import Manifest
 from tritune.server import ServerOptions, TritonServer, admin_key
+from tritune.settings import options_from_args
 
 
 def _ints(text: str, name: str) -> tuple[int, ...]:
@@ -55,33 +57,68 @@ def parse_preferred(text: str) -> tuple[tuple[int, ...], ...]:
     return tuple(out)
 
 
+@dataclass(frozen=True)
+class SweepOptions:
+    """``tritune sweep``'s options; the command line's defaults are these."""
+
+    repository: Path = Path("model_repository")
+    url: str = ""  # empty: a private Triton on free ports
+    model: str = "cnn"
+    admin_key_file: Path = Path(".cache/tritune/admin.key")
+    slo_p99_ms: float = 50.0
+    accuracy_floor: float = 0.0
+    variants: str = ""
+    instances: str = "1,2"
+    queue_delays_us: str = "off,1000,4000"
+    preferred_batch_sizes: str = "none"
+    concurrency: str = "1,4,16"
+    batch_size: int = 1
+    window_s: float = 2.0
+    stable_windows: int = 3
+    tolerance: float = 0.10
+    max_windows: int = 10
+    out: Path = Path("runs")
+    run_name: str = ""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = SweepOptions()
     g = p.add_argument_group("target")
-    g.add_argument("--repository", type=Path, default=Path("model_repository"), help="(default: %(default)s)")
-    g.add_argument("--url", default="", help="gRPC host:port of a running Triton; empty starts a private one (default)")
-    g.add_argument("--model", default="cnn", help="public model to sweep (default: %(default)s)")
-    g.add_argument("--admin-key-file", type=Path, default=Path(".cache/tritune/admin.key"), help="for --url")
+    g.add_argument("--repository", type=Path, default=d.repository, help="(default: %(default)s)")
+    g.add_argument(
+        "--url", default=d.url, help="gRPC host:port of a running Triton; empty starts a private one (default)"
+    )
+    g.add_argument("--model", default=d.model, help="public model to sweep (default: %(default)s)")
+    g.add_argument("--admin-key-file", type=Path, default=d.admin_key_file, help="for --url")
     g = p.add_argument_group("objective")
-    g.add_argument("--slo-p99-ms", type=float, default=50.0, help="(default: %(default)s)")
-    g.add_argument("--accuracy-floor", type=float, default=0.0, help="variants below this top-1 are skipped")
+    g.add_argument("--slo-p99-ms", type=float, default=d.slo_p99_ms, help="(default: %(default)s)")
+    g.add_argument(
+        "--accuracy-floor", type=float, default=d.accuracy_floor, help="variants below this top-1 are skipped"
+    )
     g = p.add_argument_group("space")
-    g.add_argument("--variants", default="", help="comma-separated (default: every variant above the floor)")
-    g.add_argument("--instances", default="1,2", help="(default: %(default)s)")
-    g.add_argument("--queue-delays-us", default="off,1000,4000", help="'off' disables dynamic batching")
-    g.add_argument("--preferred-batch-sizes", default="none", help="e.g. none,4/8,16 (default: %(default)s)")
-    g.add_argument("--concurrency", default="1,4,16", help="client concurrency levels (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=1, help="images per request (default: %(default)s)")
+    g.add_argument("--variants", default=d.variants, help="comma-separated (default: every variant above the floor)")
+    g.add_argument("--instances", default=d.instances, help="(default: %(default)s)")
+    g.add_argument("--queue-delays-us", default=d.queue_delays_us, help="'off' disables dynamic batching")
+    g.add_argument(
+        "--preferred-batch-sizes", default=d.preferred_batch_sizes, help="e.g. none,4/8,16 (default: %(default)s)"
+    )
+    g.add_argument("--concurrency", default=d.concurrency, help="client concurrency levels (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="images per request (default: %(default)s)")
     g = p.add_argument_group("measurement")
-    g.add_argument("--window-s", type=float, default=2.0, help="(default: %(default)s)")
-    g.add_argument("--stable-windows", type=int, default=3, help="windows within tolerance (default: 3)")
-    g.add_argument("--tolerance", type=float, default=0.10, help="(default: %(default)s)")
-    g.add_argument("--max-windows", type=int, default=10, help="give up on stability after (default: 10)")
+    g.add_argument("--window-s", type=float, default=d.window_s, help="(default: %(default)s)")
+    g.add_argument(
+        "--stable-windows", type=int, default=d.stable_windows, help="windows within tolerance (default: %(default)s)"
+    )
+    g.add_argument("--tolerance", type=float, default=d.tolerance, help="(default: %(default)s)")
+    g.add_argument(
+        "--max-windows", type=int, default=d.max_windows, help="give up on stability after (default: %(default)s)"
+    )
     g = p.add_argument_group("output")
-    g.add_argument("--out", type=Path, default=Path("runs"), help="(default: %(default)s)")
-    g.add_argument("--run-name", default="", help="(default: sweep-<UTC time>)")
+    g.add_argument("--out", type=Path, default=d.out, help="(default: %(default)s)")
+    g.add_argument("--run-name", default=d.run_name, help="(default: sweep-<UTC time>)")
 
 
-def space_from_args(args: argparse.Namespace, available: dict[str, float]) -> SweepSpace:
+def space_from_args(args: SweepOptions, available: dict[str, float]) -> SweepSpace:
     if args.variants:
         variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
         unknown = [v for v in variants if v not in available]
@@ -103,12 +140,12 @@ def space_from_args(args: argparse.Namespace, available: dict[str, float]) -> Sw
     )
 
 
-def sweep(args: argparse.Namespace, run_dir: Path, should_stop=None, progress=print) -> dict:
+def sweep(args: SweepOptions, run_dir: Path, should_stop=None, progress=print) -> dict:
     """The sweep against ``args.url`` or a private Triton; writes ``sweep.json`` into ``run_dir``."""
     rule = StabilityRule(args.window_s, args.stable_windows, args.tolerance, args.max_windows)
     if rule.window_s <= 0 or rule.stable_windows < 1 or rule.max_windows < rule.stable_windows:
         raise ConfigError("--window-s must be > 0 and --max-windows >= --stable-windows >= 1")
-    manifest = read_manifest(args.repository)
+    manifest = Manifest.read(args.repository)
     server = None
     url = args.url
     key = admin_key(args.admin_key_file)
@@ -123,7 +160,7 @@ def sweep(args: argparse.Namespace, run_dir: Path, should_stop=None, progress=pr
         client = InferenceClient(url, "grpc", timeout_s=120, admin_key=key)
         config = client.model_config(args.model)
         versions = variant_versions(config)
-        available = {v: float(manifest["variants"][v]["top1"]) for v in versions if v in manifest["variants"]}
+        available = {v: float(manifest.variants[v].top1) for v in versions if v in manifest.variants}
         space = space_from_args(args, available)
         applier = Applier(client, args.model)
         baseline = applier.current()[1]
@@ -134,8 +171,8 @@ def sweep(args: argparse.Namespace, run_dir: Path, should_stop=None, progress=pr
         )
         from builders.data import load_dataset
 
-        ds_name = manifest.get("dataset", {}).get("name", "auto")
-        data = load_dataset(ds_name if ds_name in ("cifar10", "digits") else "auto")
+        ds_name = manifest.dataset.get("name", "auto")
+        data = load_dataset(ds_name if ds_name in ("cifar10", "digits") else "auto", manifest.data_dir)
         result = run_sweep(
             gen,
             applier,
@@ -157,7 +194,8 @@ def sweep(args: argparse.Namespace, run_dir: Path, should_stop=None, progress=pr
             server.stop()
 
 
-def run(args: argparse.Namespace) -> int:
+def run(ns: argparse.Namespace) -> int:
+    args = options_from_args(SweepOptions, ns)
     run_dir = new_run_dir(args.out, "sweep", args.run_name)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))

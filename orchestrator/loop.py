@@ -21,7 +21,6 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from orchestrator.apply import Applier
 from orchestrator.metrics import Snapshot, Window, parse_metrics, window
 from orchestrator.nvml import NvmlReader, guard_inputs
 from orchestrator.policy import (
@@ -31,13 +30,14 @@ from orchestrator.policy import (
     Decision,
     Policy,
     RulePolicy,
-    ServingConfig,
     applied,
     apply_failed,
     slo_met,
     step,
 )
+from tritune.apply import Applier
 from tritune.errors import ServerUnavailableError, TrituneError
+from tritune.serving import ServingConfig
 
 
 def scrape(url: str, timeout_s: float = 5.0) -> str:

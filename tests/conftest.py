@@ -27,8 +27,7 @@ def quick_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def quick_repository(tmp_path_factory, quick_cache) -> Path:
     """All five variants + the public model, built as ``tritune demo --quick`` builds them (bundled digits)."""
-    from builders.build import build
-    from tritune.demo import QUICK_BUILD
+    from builders.build import QUICK_BUILD, build
 
     root = tmp_path_factory.mktemp("quick")
     opts = replace(QUICK_BUILD, repository=root / "repo", cache_dir=quick_cache)

@@ -22,10 +22,9 @@ from tritune.errors import (
     ServerUnavailableError,
 )
 from tritune.model_config import ModelConfig, VersionPolicy
+from tritune.model_io import INPUT_NAME, OUTPUT_NAME
 from tritune.server import ADMIN_HEADER, GRPC_ADMIN_HEADER
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 PROTOCOLS = ("http", "grpc")
 
 

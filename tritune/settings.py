@@ -18,11 +18,13 @@ import argparse
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tritune.errors import ConfigError
 
+T = TypeVar("T")
 ENV_PREFIX = "TRITUNE_"
 DEFAULT_CONFIG_FILE = "tritune.toml"
 _TRUE = {"1", "true", "yes", "on"}
@@ -127,3 +129,12 @@ class CsvList:
     def __call__(self, value: str | list) -> tuple:
         items = value if isinstance(value, list) else [v.strip() for v in str(value).split(",") if v.strip()]
         return tuple(self.item(v) for v in items)
+
+
+def options_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """A typed options dataclass from a parsed command line: each field from the option of the same name.
+
+    Commands keep their defaults on the dataclass and their parsers read them from there, so a caller that builds
+    the options in code (the demo) and one that parses a command line get the same values.
+    """
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})

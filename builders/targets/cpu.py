@@ -7,16 +7,17 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from builders.onnx_utils import INPUT_NAME, MAX_EXPORT_BATCH, OUTPUT_NAME
+from builders.onnx_utils import MAX_EXPORT_BATCH
 from builders.targets.base import CompiledModel, VariantArtifact
 from tritune.errors import BuildError
 from tritune.model_config import InstanceGroup, ModelConfig, TensorSpec, VersionPolicy
+from tritune.model_io import INPUT_NAME, INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME
 
 MODEL_PY = Path(__file__).resolve().parent.parent / "triton" / "model.py"
 
 
 def cpu_model_config(
-    model_name: str, artifact: VariantArtifact, sha256: str, max_batch_size: int, num_classes: int = 10
+    model_name: str, artifact: VariantArtifact, sha256: str, max_batch_size: int, num_classes: int = NUM_CLASSES
 ) -> ModelConfig:
     """Triton's default serving config for a variant: one CPU instance, no dynamic batching.
 
@@ -26,7 +27,7 @@ def cpu_model_config(
         name=model_name,
         backend="python",
         max_batch_size=max_batch_size,
-        inputs=(TensorSpec(INPUT_NAME, "TYPE_FP32", (3, 32, 32)),),
+        inputs=(TensorSpec(INPUT_NAME, "TYPE_FP32", INPUT_SHAPE),),
         outputs=(TensorSpec(OUTPUT_NAME, "TYPE_FP32", (num_classes,)),),
         instance_group=(InstanceGroup(count=1, kind="KIND_CPU"),),
         parameters={

@@ -37,7 +37,7 @@ from typing import Any
 
 from torch import nn
 
-from builders.onnx_utils import INPUT_NAME, MAX_EXPORT_BATCH, OUTPUT_NAME
+from builders.onnx_utils import MAX_EXPORT_BATCH
 from builders.targets.base import CompiledModel, VariantArtifact
 from tritune.errors import (
     BuildError,
@@ -48,6 +48,7 @@ from tritune.errors import (
     TrituneError,
 )
 from tritune.model_config import DynamicBatching, InstanceGroup, ModelConfig, QueuePolicy, TensorSpec, VersionPolicy
+from tritune.model_io import INPUT_NAME, INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME
 
 COMPILERS = ("tensorrt", "torch-tensorrt")
 PLAN_FILE = "model.plan"  # Triton's default file name for tensorrt_plan
@@ -58,8 +59,7 @@ INSTALL_HINT = (
     "run the gpu target inside nvcr.io/nvidia/pytorch:YY.MM-py3 with the Triton image's YY.MM "
     "(TRITON_IMAGE_TAG in .env) and `pip install '.[gpu]'` there, or use `docker compose --profile gpu up builder`"
 )
-INPUT_DIMS = (3, 32, 32)
-NUM_CLASSES = 10
+INPUT_DIMS = INPUT_SHAPE
 DEFAULT_INPUTS = (TensorSpec(INPUT_NAME, "TYPE_FP32", INPUT_DIMS),)
 DEFAULT_OUTPUTS = (TensorSpec(OUTPUT_NAME, "TYPE_FP32", (NUM_CLASSES,)),)
 # A GPU instance is wasted on single images, so plans start with dynamic batching on; the sizes and the delay are the

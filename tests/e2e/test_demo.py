@@ -20,7 +20,7 @@ def demo_cmd(tmp_path: Path, repository: Path, cache: Path, *extra: str) -> list
     return [
         sys.executable,
         "-m",
-        "tritune",
+        "console",
         "demo",
         "--quick",
         "--repository",

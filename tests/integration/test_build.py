@@ -35,7 +35,7 @@ QUICK = [
 
 def tritune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tritune", *args], cwd=cwd, capture_output=True, text=True, timeout=600, check=False
+        [sys.executable, "-m", "console", *args], cwd=cwd, capture_output=True, text=True, timeout=600, check=False
     )
 
 

@@ -83,7 +83,7 @@ def test_errors_are_counted_and_fail_the_run(server, tmp_path):
 
 def test_loadtest_cli_rejects_a_bad_shape_in_one_line(tmp_path):
     res = subprocess.run(
-        [sys.executable, "-m", "tritune", "loadtest", "--shape", "zigzag:value=3", "--out", str(tmp_path)],
+        [sys.executable, "-m", "console", "loadtest", "--shape", "zigzag:value=3", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -154,7 +154,7 @@ def test_web_ui_stays_up_for_interactive_use_until_stopped(server, tmp_path):
     port = free_port()
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "tritune", "loadtest", "--url", server.http_url, "--web"),
+            *(sys.executable, "-m", "console", "loadtest", "--url", server.http_url, "--web"),
             *("--web-port", str(port), "--shape", "constant:value=1,duration_s=2", "--out", str(tmp_path)),
         ],
         stdout=subprocess.PIPE,

@@ -12,15 +12,23 @@ import urllib.request
 
 import pytest
 
-from builders.repository import read_manifest
 from loadtest.measure import StabilityRule, measure
 from loadtest.openloop import OpenLoopLoad, constant
-from orchestrator.apply import Applier, serving_config
 from orchestrator.loop import LoopOptions, Orchestrator
-from orchestrator.policy import Context, ControllerConfig, GuardConfig, Objective, ServingConfig, VariantInfo
+from orchestrator.policy import (
+    FREE_VARIANT_SPEEDUP,
+    Context,
+    ControllerConfig,
+    GuardConfig,
+    Objective,
+    variants_from_manifest,
+)
 from tests.integration.conftest import ADMIN_KEY, start_server, triton_abort_is_inconclusive
+from tritune.apply import Applier, serving_config
 from tritune.client import InferenceClient
+from tritune.manifest import Manifest
 from tritune.server import ServerOptions, TritonServer, free_port
+from tritune.serving import ServingConfig
 
 SLO_MS = 100.0
 # The overload is set from the machine, not fixed: the default config (1 instance, no batching) held ~550/s of
@@ -46,12 +54,9 @@ def overload_per_s(server: TritonServer, held_out) -> float:
 
 
 def make_orchestrator(server: TritonServer, repository, log_path) -> Orchestrator:
-    manifest = read_manifest(repository)
-    variants = {
-        n: VariantInfo(n, v["model_name"], v["top1"], v["latency_ms"]["batch_32"])
-        for n, v in manifest["variants"].items()
-    }
-    ctx = Context(objective=Objective(SLO_MS, 0.0), variants=variants, cores=2, max_batch_size=64)
+    variants = variants_from_manifest(Manifest.read(repository))
+    # Headroom off: from Triton's default the ladder itself must reach a config that holds the overload.
+    ctx = Context(objective=Objective(SLO_MS, 0.0), variants=variants, cores=2, max_batch_size=64, headroom=False)
     options = LoopOptions(
         model="cnn",
         metrics_url=server.metrics_url,
@@ -191,7 +196,7 @@ def test_orchestrate_command_serves_its_metrics_and_logs_decisions(fresh_server,
     cmd = [
         sys.executable,
         "-m",
-        "tritune",
+        "console",
         "orchestrate",
         "--url",
         fresh_server.grpc_url,
@@ -225,12 +230,12 @@ def test_orchestrate_command_serves_its_metrics_and_logs_decisions(fresh_server,
         # With no traffic at all it takes one action: headroom (batching, one instance per core) and, in the same
         # reload, a switch to a variant that dominates fp32 (as accurate, ≥ 1.5× cheaper by the manifest) if the
         # build has one: the quick build's int8 usually is.
-        variants = read_manifest(quick_repository)["variants"]
+        variants = Manifest.read(quick_repository).variants
         fp32 = variants["fp32"]
         dominating = sorted(
-            (v["latency_ms"]["batch_32"], n)
+            (v.latency_ms_b32, n)
             for n, v in variants.items()
-            if v["top1"] >= fp32["top1"] and v["latency_ms"]["batch_32"] < fp32["latency_ms"]["batch_32"] / 1.5
+            if v.top1 >= fp32.top1 and v.latency_ms_b32 < fp32.latency_ms_b32 / FREE_VARIANT_SPEEDUP
         )
         served = [dominating[0][1]] if dominating else []
         assert "tritune_slo_p99_latency_ms 80.0" in text
@@ -264,7 +269,7 @@ def test_orchestrate_rejects_bad_options_in_one_line(fresh_server, quick_reposit
         [
             sys.executable,
             "-m",
-            "tritune",
+            "console",
             "orchestrate",
             "--url",
             fresh_server.grpc_url,

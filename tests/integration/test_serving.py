@@ -232,7 +232,7 @@ def test_serve_command_restarts_a_dead_triton_and_stops_on_sigterm(quick_reposit
         [
             sys.executable,
             "-m",
-            "tritune",
+            "console",
             "serve",
             "--repository",
             str(quick_repository),

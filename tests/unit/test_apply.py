@@ -6,9 +6,9 @@ from pathlib import Path
 
 from builders.targets.base import VariantArtifact
 from builders.targets.cpu import cpu_model_config
-from orchestrator.apply import model_config, serving_config
-from orchestrator.policy import ServingConfig
+from tritune.apply import model_config, serving_config
 from tritune.model_config import DynamicBatching, QueuePolicy, VersionPolicy
+from tritune.serving import ServingConfig
 
 VERSIONS = {"fp32": 1, "pruned": 2, "distilled": 3, "fp16": 4, "int8": 5}
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.apply import ApplyResult
 from orchestrator.loop import LoopOptions, Orchestrator
 from orchestrator.metrics import Window
 from orchestrator.policy import Context, Decision, Objective, ServingConfig, VariantInfo
+from tritune.apply import ApplyResult
 
 VARIANTS = {
     "fp32": VariantInfo("fp32", "cnn_fp32", 0.978, 8.0),
@@ -42,7 +42,7 @@ class RefusingApplier:
     ],
 )
 def test_a_failed_load_resyncs_with_what_triton_serves_or_suspects_a_restart(tmp_path, live, current, suspect):
-    ctx = Context(objective=Objective(50.0), variants=VARIANTS)
+    ctx = Context(objective=Objective(50.0), variants=VARIANTS, cores=2)
     orch = Orchestrator(RefusingApplier(live), ctx, LoopOptions(decision_log=tmp_path / "d.jsonl"))
     orch.current = BEFORE
     orch._act(Decision("apply", "add-instance", "busy", TARGET), Window(start_s=0.0, end_s=1.0), now=1.0)

@@ -130,7 +130,7 @@ def test_guard_inputs_take_the_tightest_gpu():
 
 def _ctx(per_instance_bytes: float) -> Context:
     return Context(
-        objective=Objective(50.0), variants=VARIANTS, kind="gpu", max_instances=16,
+        objective=Objective(50.0), variants=VARIANTS, cores=2, kind="gpu", max_instances=16,
         gpu_memory_per_instance_bytes=per_instance_bytes,
     )  # fmt: skip
 
@@ -179,7 +179,7 @@ def test_the_live_loop_feeds_nvml_into_the_window_and_the_per_instance_estimate(
     nvml = FakeNvml([gpu(0, 70 * GB, procs=[(101, 24 * GB)])])
     real_open = NvmlReader.open.__func__
     monkeypatch.setattr(loop.NvmlReader, "open", classmethod(lambda cls, m=None: real_open(cls, nvml)))
-    ctx = Context(objective=Objective(50.0), variants=VARIANTS, kind="gpu", max_instances=8)
+    ctx = Context(objective=Objective(50.0), variants=VARIANTS, cores=2, kind="gpu", max_instances=8)
     orch = loop.Orchestrator(None, ctx, loop.LoopOptions(server_pids=(101,), decision_log=tmp_path / "d.jsonl"))
     orch.current = ServingConfig("fp32", instances=2)
     w = Window(start_s=0, end_s=2, gpu_memory_free_bytes=15 * GB)

@@ -39,7 +39,8 @@ DEFAULT = ServingConfig("fp32")
 
 
 def ctx(floor: float = 0.97, **kw) -> Context:
-    return Context(objective=Objective(SLO, floor), variants=VARIANTS, cores=2, **kw)
+    """Headroom off unless a test asks for it: most tests exercise the ladder from Triton's default."""
+    return Context(objective=Objective(SLO, floor), variants=VARIANTS, cores=2, **{"headroom": False, **kw})
 
 
 def win(
@@ -291,7 +292,12 @@ def test_guard_rails_bound_any_policy():
 
 def test_gpu_instances_never_ask_for_more_memory_than_is_free():
     c = Context(
-        objective=Objective(SLO), variants=VARIANTS, kind="gpu", max_instances=8, gpu_memory_per_instance_bytes=1e9
+        objective=Objective(SLO),
+        variants=VARIANTS,
+        cores=2,
+        kind="gpu",
+        max_instances=8,
+        gpu_memory_per_instance_bytes=1e9,
     )
     up = ServingConfig("fp32", instances=3)
     assert clamp(up, ServingConfig("fp32", 2), win(1.0, gpu_memory_free_bytes=0.5e9), c, CFG.guards).instances == 2
@@ -341,7 +347,7 @@ def test_a_much_cheaper_variant_at_no_accuracy_cost_is_the_first_rung():
     """When pruning cost no accuracy (as on the bundled data set), switching to it is cheaper than any reload of
     the fp32 variant: it comes before batching and instances, and it is never a less accurate variant."""
     variants = {**VARIANTS, "pruned": VariantInfo("pruned", "cnn_pruned", 0.978, 7.2)}
-    sim = Sim(Context(objective=Objective(SLO, 0.97), variants=variants, cores=2))
+    sim = Sim(Context(objective=Objective(SLO, 0.97), variants=variants, cores=2, headroom=False))
     sim.run(40, overloaded_by)
     rules = [r for _, a, r in sim.log if a == "apply"]
     assert rules[0] == "free-faster-variant" and sim.configs[0].variant == "pruned"
@@ -353,7 +359,7 @@ def test_a_much_cheaper_variant_at_no_accuracy_cost_is_the_first_rung():
 
 def test_nothing_is_judged_or_applied_while_the_old_variant_drains():
     variants = {**VARIANTS, "pruned": VariantInfo("pruned", "cnn_pruned", 0.978, 7.2)}
-    sim = Sim(Context(objective=Objective(SLO, 0.97), variants=variants, cores=2))
+    sim = Sim(Context(objective=Objective(SLO, 0.97), variants=variants, cores=2, headroom=False))
     sim.run(6, overloaded_by)
     assert sim.log[-1][2] == "free-faster-variant"
     switched_at = sim.log[-1][0]
@@ -377,7 +383,7 @@ def idle(t, instances=1, **kw):
 )
 def test_a_dominating_variant_is_taken_at_any_load_without_waiting_for_a_delay(load):
     """Switching before traffic rises is what spares the old variant a backlog to drain beside the new one."""
-    sim = Sim(Context(objective=Objective(SLO, 0.97), variants=DOMINATED, cores=2))
+    sim = Sim(Context(objective=Objective(SLO, 0.97), variants=DOMINATED, cores=2, headroom=False))
     sim.run(2, load)  # the first window
     assert sim.log == [(2.0, "apply", "free-faster-variant")] and sim.config.variant == "pruned"
     decisions = sim.run(120, load)
@@ -387,7 +393,7 @@ def test_a_dominating_variant_is_taken_at_any_load_without_waiting_for_a_delay(l
 
 
 def test_a_dominating_variant_that_makes_things_worse_is_rolled_back():
-    sim = Sim(Context(objective=Objective(SLO, 0.97), variants=DOMINATED, cores=2))
+    sim = Sim(Context(objective=Objective(SLO, 0.97), variants=DOMINATED, cores=2, headroom=False))
 
     def worse_on_pruned(t, instances=1, config=DEFAULT, **kw):
         latency = 20.0 if config.variant == "pruned" else 5.0
@@ -462,7 +468,7 @@ def test_requests_pending_with_none_completing_is_a_stall_not_light_load():
 def test_a_switch_taken_with_no_traffic_is_not_judged_against_the_empty_window():
     """Traffic arriving after a switch at idle reads 'slower' than the empty window the switch was taken in; that
     rolled a dominating variant back to fp32 in a benchmark run, just as 850 req/s arrived."""
-    sim = Sim(Context(objective=Objective(SLO, 0.97), variants=DOMINATED, cores=2))
+    sim = Sim(Context(objective=Objective(SLO, 0.97), variants=DOMINATED, cores=2, headroom=False))
     sim.run(2, idle)
     assert sim.log == [(2.0, "apply", "free-faster-variant")]
     sim.run(60, lambda t, **kw: win(t, latency_ms=10.0, util=0.6, **kw))
@@ -514,3 +520,14 @@ def test_headroom_waits_while_under_pressure_the_ladder_decides():
     sim = Sim(ctx(headroom=True))
     sim.run(6, overloaded)
     assert sim.log[0][2] != "provision-headroom"
+
+
+def test_the_floors_enforcement_is_not_verified_so_never_rolled_back_below_the_floor():
+    """A served variant below the floor is replaced at once; judging that apply like a capacity rung could roll it
+    back to the variant the floor forbids."""
+    c = ctx(floor=0.975)
+    below = ServingConfig("pruned")  # top-1 0.970 < 0.975
+    decision, state = step(win(2.0), below, ControllerState(), c, RulePolicy(), CFG, 2.0)
+    assert decision.action == "apply" and decision.rule == "enforce-accuracy-floor"
+    state = applied(state, decision, below, win(2.0), 2.0)
+    assert state.pending is None and state.last_good == decision.config

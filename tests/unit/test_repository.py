@@ -1,7 +1,9 @@
 import pytest
 
-from builders.repository import StagedRepository, read_manifest, write_json
+from builders.repository import StagedRepository
 from tritune.errors import RepositoryError
+from tritune.manifest import load_json as read_manifest
+from tritune.manifest import write_json
 
 
 def _model(root, name, text):

@@ -3,7 +3,7 @@
 import pytest
 
 from builders.cli import options_from_args
-from tritune import cli
+from console import cli
 from tritune.errors import ConfigError
 
 
@@ -72,3 +72,16 @@ def test_main_prints_one_line_and_exits_2(monkeypatch, tmp_path, capsys):
     assert cli.main(["build"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "TRITUNE_EPOCHS" in err
+
+
+def test_a_subcommand_imports_only_its_own_module():
+    """`tritune serve` must not pay for torch: the console imports the chosen subcommand's module only."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from console.cli import build_parser; build_parser('serve'); "
+        "bad = [m for m in ('torch', 'builders.build', 'loadtest.run') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

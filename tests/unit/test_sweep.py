@@ -9,8 +9,8 @@ import pytest
 from loadtest.measure import Measurement, StabilityRule, _stable
 from loadtest.report import write_report
 from loadtest.sweep import SweepGenerator, SweepSpace
-from orchestrator.policy import ServingConfig
 from tritune.errors import ConfigError
+from tritune.serving import ServingConfig
 
 BASE = ServingConfig("fp32")
 

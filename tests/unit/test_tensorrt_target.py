@@ -40,12 +40,12 @@ from builders.targets.tensorrt import (
     tensorrt_release,
     timing_cache_path,
 )
-from orchestrator.apply import model_config as applied_config
-from orchestrator.apply import serving_config
-from orchestrator.policy import ServingConfig
+from tritune.apply import model_config as applied_config
+from tritune.apply import serving_config
 from tritune.client import with_variant
 from tritune.errors import BuildError, ConfigError, PlanMismatchError, RepositoryError, TargetUnavailableError
 from tritune.model_config import ModelConfig
+from tritune.serving import ServingConfig
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 TRT = "10.11.0.33"

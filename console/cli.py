@@ -22,7 +22,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "demo": (
         "the main job in one command: build if needed, serve, sweep, orchestrate under a Locust step load, report",
-        "tritune.demo",
+        "console.demo",
     ),
     "loadtest": (
         "drive a running Triton with Locust (HTTP/gRPC users, load shapes) into a run folder with a report",
@@ -35,12 +35,16 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "serve": (
         "run a local Triton on the model repository (127.0.0.1, admin API restricted by a key)",
-        "tritune.serve_cli",
+        "console.serve",
     ),
 }
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+def build_parser(
+    only: str | None = None,
+) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser; with ``only``, just that subcommand's module is imported for its options (the others list their
+    help line), so `tritune serve` does not import torch. Without, every subcommand's options are added."""
     parser = argparse.ArgumentParser(
         prog="tritune",
         description="Optimized CNN variants on Triton, tuned live against a latency SLO.",
@@ -56,7 +60,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     subparsers = {}
     for name, (help_text, module) in _COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        importlib.import_module(module).add_arguments(p)
+        if only is None or only == name:
+            importlib.import_module(module).add_arguments(p)
         p.set_defaults(_module=module)
         subparsers[name] = p
     return parser, subparsers
@@ -78,9 +83,9 @@ def _command_name(argv: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser, subparsers = build_parser()
+    name = _command_name(argv)
+    parser, subparsers = build_parser(name if name in _COMMANDS else "")
     try:
-        name = _command_name(argv)
         if name in subparsers:
             pre_config = [argv[i + 1] for i, t in enumerate(argv[:-1]) if t == "--config"]
             pre_config += [t.split("=", 1)[1] for t in argv if t.startswith("--config=")]

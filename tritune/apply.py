@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-from orchestrator.policy import ServingConfig
 from tritune.client import InferenceClient, with_variant
 from tritune.errors import AdminError, ModelNotFoundError, TrituneError
 from tritune.model_config import DynamicBatching, ModelConfig, QueuePolicy
+from tritune.serving import ServingConfig
 
 
 def serving_config(config: ModelConfig) -> ServingConfig:

@@ -17,23 +17,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from builders.build import BuildOptions
-from builders.repository import read_manifest
+from builders.build import QUICK_BUILD, BuildOptions
 from loadtest.report import write_report
 from loadtest.run import LoadTestOptions, new_run_dir, run_locust
+from loadtest.sweep_cli import SweepOptions
+from orchestrator.cli import OrchestrateOptions
 from tritune.errors import ConfigError, RepositoryError, ServerError
+from tritune.manifest import Manifest
 from tritune.server import ServerOptions, TritonServer, admin_key
 
-# A small, fast build (about a minute on 2 cores) for CI and first looks; numbers from it are not the product's.
-QUICK_BUILD = BuildOptions(
-    dataset="digits",
-    subset=240,
-    epochs=2,
-    finetune_epochs=1,
-    distill_epochs=1,
-    calibration_size=32,
-    latency_runs=1,
-)
 FULL_SHAPE = "step:values=150/600/150,step_s=60"  # open loop, req/s: 1× → 4× → 1×
 QUICK_SHAPE = "step:values=100/500/100,step_s=15"
 
@@ -76,75 +68,20 @@ def _say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def ensure_repository(repository: Path, quick: bool, cache_dir: Path) -> dict:
+def ensure_repository(repository: Path, quick: bool, cache_dir: Path) -> Manifest:
     try:
-        return read_manifest(repository)
+        return Manifest.read(repository)
     except RepositoryError:
         pass
     from builders.build import build
 
     opts = replace(QUICK_BUILD if quick else BuildOptions(), repository=repository, cache_dir=cache_dir)
     _say(f"building the model repository {repository} ({'quick' if quick else 'full'}; checkpoints are cached)")
-    build(opts, log=lambda m: print(f"    {m}", flush=True))
-    return read_manifest(repository)
+    return build(opts, log=lambda m: print(f"    {m}", flush=True))
 
 
-def _orchestrator_args(repository: Path, url: str, metrics_url: str, key_file: Path, args, floor: float, log: Path):
-    from orchestrator import cli as ocli
-
-    p = argparse.ArgumentParser()
-    ocli.add_arguments(p)
-    return p.parse_args(
-        [
-            "--repository",
-            str(repository),
-            "--url",
-            url,
-            "--metrics-url",
-            metrics_url,
-            "--admin-key-file",
-            str(key_file),
-            "--slo-p99-ms",
-            str(args.slo_p99_ms),
-            "--accuracy-floor",
-            str(floor),
-            "--interval-s",
-            str(args.interval_s),
-            "--decision-log",
-            str(log),
-            "--metrics-port",
-            "0",
-        ]
-    )
-
-
-def _sweep_args(repository: Path, url: str, key_file: Path, slo: float, floor: float):
-    from loadtest import sweep_cli
-
-    p = argparse.ArgumentParser()
-    sweep_cli.add_arguments(p)
-    return p.parse_args(
-        [
-            "--repository",
-            str(repository),
-            "--url",
-            url,
-            "--admin-key-file",
-            str(key_file),
-            "--slo-p99-ms",
-            str(slo),
-            "--accuracy-floor",
-            str(floor),
-            "--variants",
-            "",
-            "--instances",
-            "1,2",
-            "--queue-delays-us",
-            "off,2000",
-            "--concurrency",
-            "4,16",
-        ]
-    )
+# The demo's sweep: small enough for a first look (8 points + the baseline), wide enough to show a frontier.
+DEMO_SWEEP = SweepOptions(variants="", instances="1,2", queue_delays_us="off,2000", concurrency="4,16")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -163,9 +100,10 @@ def run(args: argparse.Namespace) -> int:
     key_file = run_dir / "admin.key"
     try:
         manifest = ensure_repository(repository, args.quick, args.cache_dir)
-        fp32_top1 = manifest["variants"].get("fp32", {}).get("top1", 0.0)
+        fp32 = manifest.variants.get("fp32")
+        fp32_top1 = fp32.top1 if fp32 else 0.0
         floor = max(0.0, fp32_top1 - 0.01) if args.accuracy_floor < 0 else args.accuracy_floor
-        public = manifest.get("public_model", "cnn")
+        public = manifest.public_model
         _say(f"starting Triton on {repository} (model {public!r}, admin API restricted by a key)")
         server = TritonServer(
             ServerOptions(
@@ -183,13 +121,30 @@ def run(args: argparse.Namespace) -> int:
 
             _say("sweep: the default config first, then a small grid (offline search, Model Analyzer style)")
             sweep_result = sweep(
-                _sweep_args(repository, server.grpc_url, key_file, args.slo_p99_ms, floor),
+                replace(
+                    DEMO_SWEEP,
+                    repository=repository,
+                    url=server.grpc_url,
+                    admin_key_file=key_file,
+                    slo_p99_ms=args.slo_p99_ms,
+                    accuracy_floor=floor,
+                ),
                 run_dir,
                 progress=lambda m: print(f"    {m}", flush=True),
             )
         decisions = run_dir / "decisions.jsonl"
         orch = ocli.build(
-            _orchestrator_args(repository, server.grpc_url, server.metrics_url, key_file, args, floor, decisions)
+            OrchestrateOptions(
+                repository=repository,
+                url=server.grpc_url,
+                metrics_url=server.metrics_url,
+                admin_key_file=key_file,
+                slo_p99_ms=args.slo_p99_ms,
+                accuracy_floor=floor,
+                interval_s=args.interval_s,
+                decision_log=decisions,
+                metrics_port=0,
+            )
         )
         thread = threading.Thread(target=orch.run, name="orchestrator", daemon=True)
         thread.start()

@@ -1,0 +1,88 @@
+"""Guard rails around any policy: hardware bounds (instances × threads ≤ cores on the CPU, free GPU memory), step
+limits, separate up and down delays (a proposal must persist), a cool-down after each action, and the accuracy
+floor as a hard limit.
+
+:class:`GuardConfig`'s defaults are the only ones: the orchestrate command's options and the benchmarks read them
+from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from orchestrator.metrics import Window
+from orchestrator.policy.types import Action, Context, Decision, Direction, Proposal, Rule
+from tritune.serving import ServingConfig
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    upscale_delay_s: float = 4.0  # pressure must persist this long before capacity is added
+    downscale_delay_s: float = 20.0  # light load must persist this long before capacity is removed
+    cooldown_s: float = 6.0  # after any action, before the next one (Triton reload + fresh metrics)
+    max_instance_step: int = 1
+    max_delay_factor: float = 2.0
+
+    def delay_s(self, direction: Direction) -> float:
+        return {Direction.UP: self.upscale_delay_s, Direction.DOWN: self.downscale_delay_s}.get(direction, 0.0)
+
+
+@dataclass(frozen=True)
+class GuardState:
+    direction: Direction | None = None
+    since_s: float | None = None
+    last_action_s: float | None = None
+
+
+def guard(
+    proposal: Proposal | None,
+    current: ServingConfig,
+    w: Window,
+    ctx: Context,
+    g: GuardConfig,
+    state: GuardState,
+    now_s: float,
+) -> tuple[Decision, GuardState]:
+    """Clamp a proposal to the hardware and step limits and hold it until its direction has persisted."""
+    if proposal is None:
+        return Decision(Action.HOLD, Rule.STEADY, "within the SLO band"), replace(state, direction=None, since_s=None)
+    since = state.since_s if state.direction == proposal.direction and state.since_s is not None else now_s
+    state = replace(state, direction=proposal.direction, since_s=since)
+    delay = g.delay_s(proposal.direction)
+    if now_s - since < delay:
+        return Decision(
+            Action.HOLD,
+            f"waiting-{proposal.direction}-delay",
+            f"{proposal.rule} proposed for {now_s - since:.1f}/{delay:g} s",
+        ), state
+    if state.last_action_s is not None and now_s - state.last_action_s < g.cooldown_s:
+        return Decision(
+            Action.HOLD, Rule.COOLDOWN, f"{now_s - state.last_action_s:.1f}/{g.cooldown_s:g} s since last action"
+        ), state
+    target = clamp(proposal.config, current, w, ctx, g)
+    if target == current:
+        return Decision(Action.HOLD, Rule.AT_LIMIT, f"{proposal.rule} blocked by bounds: {proposal.reason}"), state
+    return Decision(Action.APPLY, proposal.rule, proposal.reason, target, direction=proposal.direction), state
+
+
+def clamp(target: ServingConfig, current: ServingConfig, w: Window, ctx: Context, g: GuardConfig) -> ServingConfig:
+    step = max(-g.max_instance_step, min(g.max_instance_step, target.instances - current.instances))
+    instances = max(ctx.min_instances, min(ctx.instance_cap, current.instances + step))
+    if ctx.kind == "gpu" and instances > current.instances and ctx.gpu_memory_per_instance_bytes:
+        free = w.gpu_memory_free_bytes if w.gpu_memory_free_bytes is not None else 0.0
+        affordable = int(free // ctx.gpu_memory_per_instance_bytes)
+        instances = min(instances, current.instances + max(affordable, 0))
+    threads = max(1, ctx.cores // instances) if ctx.kind == "cpu" else target.threads
+    delay = max(0, min(target.max_queue_delay_us, ctx.delay_cap_us))
+    if current.max_queue_delay_us and delay > current.max_queue_delay_us * g.max_delay_factor:
+        delay = int(current.max_queue_delay_us * g.max_delay_factor)
+    variant = target.variant if ctx.allows(target.variant) else current.variant  # the floor is a hard limit
+    sizes = tuple(b for b in target.preferred_batch_sizes if b <= ctx.max_batch_size)
+    return replace(
+        target,
+        instances=instances,
+        threads=threads,
+        max_queue_delay_us=delay,
+        variant=variant,
+        preferred_batch_sizes=sizes,
+    )

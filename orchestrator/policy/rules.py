@@ -1,0 +1,222 @@
+"""The rule ladder: :class:`RulePolicy` proposes the next config from one window.
+
+At any load it first proposes a variant that dominates the current one (as accurate, much cheaper). Under pressure
+it climbs: dynamic batching (with an instance more in the same reload when latency is far over the SLO) → another
+instance → a longer queue delay → a faster variant at or above the accuracy floor. When the load is light it walks
+back: a more accurate variant if the capacity model says it fits → a shorter delay → fewer instances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from orchestrator.metrics import Window
+from orchestrator.policy.signals import Pressure, Thresholds, light, pressure, utilization
+from orchestrator.policy.types import Context, Direction, PressureKind, Proposal, Rule
+from tritune.serving import ServingConfig
+
+FAR_OVER_SLO = 2.0  # mean latency above this multiple of the SLO: two rungs in one reload
+FREE_VARIANT_SPEEDUP = 1.5  # a no-accuracy-cost variant must be at least this much cheaper to be worth a reload
+FASTER_VARIANT_COST_RATIO = 0.95  # a variant counts as faster when it costs at most this share of the current
+
+
+class Policy(Protocol):
+    def propose(
+        self, w: Window, current: ServingConfig, ctx: Context, allowed: Callable[[ServingConfig], bool] = ...
+    ) -> Proposal | None: ...
+
+
+@dataclass(frozen=True)
+class RulePolicy:
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    # The first batching rung's delay, on the CPU and on GPUs alike: 1 ms, the CPU oracle sweep's best delay (4 ms
+    # lost 20 % of the throughput), 2 % of a 50-ms SLO.
+    initial_delay_us: int = 1000
+    # GPU only: TensorRT engines are tuned for these shapes. On the CPU ONNX Runtime costs about the same per sample
+    # at any batch size, and until the oldest request has waited out the delay Triton cuts the queue to the largest
+    # preferred size (a queue of 12 runs as 8, then 4 after another delay); without them it runs as one batch of 12.
+    # (Past the delay Triton takes up to max_batch_size either way.)
+    preferred_batch_sizes: tuple[int, ...] = (4, 8, 16)
+
+    def propose(
+        self,
+        w: Window,
+        current: ServingConfig,
+        ctx: Context,
+        allowed: Callable[[ServingConfig], bool] = lambda _c: True,
+    ) -> Proposal | None:
+        """The first rung of the ladder that ``allowed`` accepts (the controller refuses tabu configs)."""
+        t = self.thresholds
+        why = pressure(w, current, ctx, t)
+        free = self._free(current, ctx, why)
+        if free is not None and why is not None:
+            # Under pressure the switch alone rarely holds the load, and each reload under load costs a drain (two
+            # copies on the same cores): the first variant-independent rung comes in the same reload.
+            for p in self._up(w, current, ctx, why):
+                if p.config.variant != current.variant:
+                    continue
+                combined = replace(p.config, variant=free.config.variant)
+                if allowed(combined):
+                    return replace(free, config=combined, reason=f"{free.reason}; with {p.rule} in the same reload")
+        headroom = self._headroom(current, ctx) if why is None else None
+        if free is not None and headroom is not None:
+            combined = replace(headroom, variant=free.config.variant)
+            if allowed(combined):
+                return replace(
+                    free, config=combined, reason=f"{free.reason}; with {Rule.PROVISION_HEADROOM} in the same reload"
+                )
+        if free is not None and allowed(free.config):
+            return free
+        if headroom is not None and allowed(headroom):
+            return Proposal(
+                headroom,
+                Direction.FREE,
+                Rule.PROVISION_HEADROOM,
+                "no pressure: batching and one instance per core now, so that a rise in load needs no reload "
+                "(on the CPU idle instances cost memory only)",
+            )
+        if why is not None:
+            candidates = self._up(w, current, ctx, why)
+        elif light(w, current, ctx, t):
+            candidates = self._down(w, current, ctx)
+        else:
+            return None
+        return next((p for p in candidates if allowed(p.config)), None)
+
+    def _headroom(self, c: ServingConfig, ctx: Context) -> ServingConfig | None:
+        if not ctx.keeps_headroom:
+            return None
+        target = c if c.dynamic_batching else self._batched(c, ctx)
+        target = replace(target, instances=max(c.instances, ctx.instance_cap))
+        return target if target != c else None
+
+    def _batched(self, c: ServingConfig, ctx: Context) -> ServingConfig:
+        """``c`` with dynamic batching at the first rung's settings."""
+        sizes = () if ctx.kind == "cpu" else tuple(b for b in self.preferred_batch_sizes if b <= ctx.max_batch_size)
+        delay = min(self.initial_delay_us, ctx.delay_cap_us)
+        return replace(c, dynamic_batching=True, max_queue_delay_us=delay, preferred_batch_sizes=sizes)
+
+    def _free(self, c: ServingConfig, ctx: Context, why: Pressure | None) -> Proposal | None:
+        """A much cheaper variant that is at least as accurate dominates the current one at any load: it comes
+        before every other rung (each reload of the same variant costs a stall for a smaller gain) and, as it does
+        not depend on the load, needs no persistence delay; switching before a rise in load means the old
+        variant never has a backlog to drain."""
+        current_top1 = ctx.variants[c.variant].top1 if c.variant in ctx.variants else 1.0
+        free = [
+            v
+            for v in ctx.allowed_variants()
+            if v.top1 >= current_top1 and v.latency_ms_b32 < ctx.cost(c.variant) / FREE_VARIANT_SPEEDUP
+        ]
+        if not free:
+            return None
+        target = min(free, key=lambda v: (v.latency_ms_b32, -v.top1))
+        return Proposal(
+            replace(c, variant=target.name),
+            Direction.FREE,
+            Rule.FREE_FASTER_VARIANT,
+            f"{why.reason if why else 'at any load'}; {c.variant} → {target.name}: "
+            f"{ctx.cost(c.variant) / target.latency_ms_b32:.1f}× cheaper at no accuracy cost "
+            f"(top-1 {target.top1:.4f} ≥ {current_top1:.4f})",
+        )
+
+    def _up(self, w: Window, c: ServingConfig, ctx: Context, why: Pressure) -> Iterator[Proposal]:
+        util = utilization(w, c)
+        cap = ctx.instance_cap
+        if why.kind is PressureKind.BUSY:
+            # Busy instances with latency still in bounds call for another instance and nothing else: a longer
+            # delay under that signal costs a reload under load, and the drain of the copy it replaces, for no gain
+            # while requests do not wait.
+            if c.instances < cap:
+                yield Proposal(replace(c, instances=c.instances + 1), Direction.UP, Rule.ADD_INSTANCE, why.reason)
+            return
+        if not c.dynamic_batching:
+            batched = self._batched(c, ctx)
+            if c.instances < cap and w.avg_latency_ms > FAR_OVER_SLO * ctx.objective.p99_latency_ms:
+                # Far over the SLO one rung will not do, and every reload under load costs a stall (and, on Triton
+                # 2.51's Python backend at high rates, risks the server): both rungs in one reload.
+                yield Proposal(
+                    replace(batched, instances=c.instances + 1),
+                    Direction.UP,
+                    Rule.BATCH_AND_ADD_INSTANCE,
+                    f"{why.reason}; mean latency {w.avg_latency_ms:.0f} ms, over {FAR_OVER_SLO:g}× the SLO: "
+                    "batching and an instance in one reload",
+                )
+            yield Proposal(
+                batched,
+                Direction.UP,
+                Rule.ENABLE_DYNAMIC_BATCHING,
+                f"{why.reason}; requests run one by one (batch {w.avg_batch:.1f})",
+            )
+        if c.instances < cap and util >= self.thresholds.utilization_over * 0.8:
+            yield Proposal(
+                replace(c, instances=c.instances + 1),
+                Direction.UP,
+                Rule.ADD_INSTANCE,
+                f"{why.reason}; instances {util:.0%} busy",
+            )
+        # A longer delay only helps while executed batches stay small and the timer, not a backlog, bounds the wait:
+        # once requests queue for longer than the delay, a free instance takes what is queued at once and a longer
+        # timer only delays the moments the backlog clears.
+        target_batch = max(c.preferred_batch_sizes or (ctx.max_batch_size,))
+        timer_bound = w.avg_queue_ms <= 2 * c.max_queue_delay_us / 1000
+        if (
+            c.dynamic_batching
+            and c.max_queue_delay_us < ctx.delay_cap_us
+            and timer_bound
+            and w.avg_batch < 0.75 * target_batch
+        ):
+            delay = min(max(c.max_queue_delay_us * 2, self.initial_delay_us), ctx.delay_cap_us)
+            yield Proposal(
+                replace(c, max_queue_delay_us=delay),
+                Direction.UP,
+                Rule.LENGTHEN_QUEUE_DELAY,
+                f"{why.reason}; batch {w.avg_batch:.1f}, larger batches amortize",
+            )
+        faster = [
+            v for v in ctx.allowed_variants() if v.latency_ms_b32 < ctx.cost(c.variant) * FASTER_VARIANT_COST_RATIO
+        ]
+        for target in sorted(faster, key=lambda v: (-v.top1, v.latency_ms_b32)):  # most accurate first
+            yield Proposal(
+                replace(c, variant=target.name),
+                Direction.UP,
+                Rule.FASTER_VARIANT,
+                f"{why.reason}; {c.variant} → {target.name} (top-1 {target.top1:.4f} ≥ floor "
+                f"{ctx.objective.accuracy_floor:.4f})",
+            )
+
+    def _down(self, w: Window, c: ServingConfig, ctx: Context) -> Iterator[Proposal]:
+        util = utilization(w, c)
+        if c.variant in ctx.variants:
+            more = sorted(
+                (v for v in ctx.allowed_variants() if v.top1 > ctx.variants[c.variant].top1),
+                key=lambda v: v.latency_ms_b32,
+            )
+            for v in more:  # the cheapest more accurate variant predicted to fit comes first
+                predicted = util * v.latency_ms_b32 / ctx.cost(c.variant)
+                if predicted < self.thresholds.restore_target_utilization:
+                    yield Proposal(
+                        replace(c, variant=v.name),
+                        Direction.DOWN,
+                        Rule.RESTORE_VARIANT,
+                        f"light load ({util:.0%} busy); {v.name} predicted {predicted:.0%} busy",
+                    )
+        if c.dynamic_batching and c.max_queue_delay_us > self.initial_delay_us:
+            yield Proposal(
+                replace(c, max_queue_delay_us=max(c.max_queue_delay_us // 2, self.initial_delay_us)),
+                Direction.DOWN,
+                Rule.SHORTEN_QUEUE_DELAY,
+                f"light load ({util:.0%} busy): less waiting per request",
+            )
+        if (
+            not ctx.keeps_headroom
+            and c.instances > ctx.min_instances
+            and util * c.instances / (c.instances - 1) < self.thresholds.utilization_light
+        ):
+            yield Proposal(
+                replace(c, instances=c.instances - 1),
+                Direction.DOWN,
+                Rule.REMOVE_INSTANCE,
+                f"light load ({util:.0%} busy)",
+            )

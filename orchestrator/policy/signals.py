@@ -1,0 +1,100 @@
+"""What a metrics window says: pressure (and of which kind), light load, how busy the instances are, a backlog,
+and whether the SLO held."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestrator.metrics import Window
+from orchestrator.policy.types import Context, Objective, PressureKind
+from tritune import slo
+from tritune.serving import ServingConfig
+
+# Pending requests per instance beyond which requests wait for an instance rather than for the batching timer: a
+# backlog. Pressure, the verification of an action and the drain estimate all use this one threshold.
+BACKLOG_PER_INSTANCE = 4.0
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    avg_fraction_over: float = 0.3  # mean latency above this share of the SLO is pressure (p99 ≈ 3 × mean or more)
+    p99_fraction_light: float = 0.5  # below this share of the SLO (and low utilization) the load is light
+    utilization_over: float = 0.9
+    utilization_light: float = 0.5
+    restore_target_utilization: float = 0.6  # a more accurate variant must fit below this utilization
+    backlog_per_instance: float = BACKLOG_PER_INSTANCE
+
+
+@dataclass(frozen=True)
+class Pressure:
+    kind: PressureKind
+    reason: str  # for the decision log: the figure that crossed its threshold
+
+
+def has_backlog(pending_requests: float, instances: int, per_instance: float = BACKLOG_PER_INSTANCE) -> bool:
+    return pending_requests > per_instance * max(instances, 1)
+
+
+def utilization(w: Window, config: ServingConfig) -> float:
+    """Busy share of the instances in the window, 0..1.
+
+    Under a deep backlog the Python backend's compute counters also count time a request waits for the stub, so
+    the estimate can exceed 1; it is capped, and the machine's CPU use (which Triton reports) raises it when the
+    cores are saturated anyway.
+    """
+    busy = min(1.0, busy_share(w, config))
+    if w.cpu_utilization is not None and w.cpu_utilization > 0.95 and w.requests:
+        busy = max(busy, w.cpu_utilization)
+    return busy
+
+
+def busy_share(w: Window, config: ServingConfig) -> float:
+    """Execution time of the instances over the window's span, uncapped (a backlog can push it past 1)."""
+    return w.busy_s / max(w.interval_s * config.instances, 1e-9)
+
+
+def slo_met(w: Window, objective: Objective) -> bool:
+    """Triton's side of :func:`tritune.slo.slo_met`: its p99 where the summaries give one, else the mean."""
+    p99 = w.p99_latency_ms if w.p99_latency_ms is not None else w.avg_latency_ms
+    return slo.slo_met(p99, w.failures, objective.p99_latency_ms)
+
+
+def pressure(w: Window, config: ServingConfig, ctx: Context, t: Thresholds) -> Pressure | None:
+    """Why this window is under pressure, or None."""
+    slo_ms = ctx.objective.p99_latency_ms
+    if w.requests == 0 and w.pending_requests == 0:
+        return None
+    if (
+        w.p99_latency_ms is not None
+        and w.p99_latency_ms > slo_ms
+        and w.avg_latency_ms > t.avg_fraction_over * slo_ms / 2
+    ):
+        return Pressure(PressureKind.P99, f"p99 {w.p99_latency_ms:.1f} ms > SLO {slo_ms:g} ms")
+    if w.avg_latency_ms > t.avg_fraction_over * slo_ms:
+        return Pressure(
+            PressureKind.MEAN_LATENCY,
+            f"mean latency {w.avg_latency_ms:.1f} ms > {t.avg_fraction_over:.0%} of the SLO",
+        )
+    if has_backlog(w.pending_requests, config.instances, t.backlog_per_instance):
+        return Pressure(PressureKind.BACKLOG, f"{w.pending_requests:.0f} requests pending")
+    # Instances busy all the time leave no headroom: the queue grows with the next rise in load, and the client
+    # (sharing the cores on CPU) sees it before Triton's own means do. Execution time only, not the machine's CPU
+    # use: a saturated CPU alone is no reason for a reload.
+    busy = busy_share(w, config)
+    if w.requests and busy >= t.utilization_over:
+        return Pressure(PressureKind.BUSY, f"instances {min(busy, 1.0):.0%} busy")
+    return None
+
+
+def light(w: Window, config: ServingConfig, ctx: Context, t: Thresholds) -> bool:
+    """Plenty of slack. Judged on service time (latency less queueing): under light load a request waits out the
+    batching delay, which the policy itself chose and can shorten."""
+    slo_ms = ctx.objective.p99_latency_ms
+    p99 = w.p99_latency_ms if w.p99_latency_ms is not None else w.avg_latency_ms
+    service_ms = w.avg_latency_ms - min(w.avg_queue_ms, config.max_queue_delay_us / 1000)
+    return (
+        w.failures == 0
+        and service_ms < t.p99_fraction_light * slo_ms / 2
+        and p99 < t.p99_fraction_light * slo_ms
+        and utilization(w, config) < t.utilization_light
+    )

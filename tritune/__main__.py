@@ -1,3 +1,0 @@
-from tritune.cli import main
-
-raise SystemExit(main())
