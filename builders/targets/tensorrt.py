@@ -62,8 +62,9 @@ INSTALL_HINT = (
 INPUT_DIMS = INPUT_SHAPE
 DEFAULT_INPUTS = (TensorSpec(INPUT_NAME, "TYPE_FP32", INPUT_DIMS),)
 DEFAULT_OUTPUTS = (TensorSpec(OUTPUT_NAME, "TYPE_FP32", (NUM_CLASSES,)),)
-# A GPU instance is wasted on single images, so plans start with dynamic batching on; the sizes and the delay are the
-# orchestrator's first rung (RulePolicy), which it retunes from here.
+# A GPU instance is wasted on single images, so plans start with dynamic batching on. The sizes are the ones the
+# orchestrator's batching rung prefers on GPUs (RulePolicy.preferred_batch_sizes); the delay, 0.5 ms, is half that
+# rung's 1 ms, so a light load pays little for batching before the orchestrator retunes both from here.
 PREFERRED_BATCH_SIZES = (4, 8, 16)
 MAX_QUEUE_DELAY_US = 500
 # About four full batches at max_batch_size 64: a request queued behind more would miss any sensible SLO anyway,

@@ -25,8 +25,8 @@ def triton_abort_is_inconclusive(*servers: TritonServer | list[TritonServer]) ->
     Triton 2.51 (the newest the pytriton wheel ships) sometimes corrupts its heap when a model is reloaded under
     load (``malloc(): unaligned tcache chunk detected``; upstream, e.g. triton-inference-server/server#7723,
     tensorrtllm_backend#587). Reloading under load is what the orchestrator is for, so its tests hit it now and
-    then: 2 of 3 tries of the overload test in one CI run, 0 of 4 in a row on the same machine right after. Five
-    reruns keep the odds of a red CI from Triton's bug alone under 2% even at one abort in two. How the
+    then, at a rate no run of ours controls. Five reruns keep the odds of a red CI from Triton's bug alone under 2%
+    even at one abort in two. How the
     orchestrator copes with a dead or stuck Triton is tested on its own. A list argument is read when the failure
     happens (servers started later in the test).
     """

@@ -31,11 +31,11 @@ from tritune.server import ServerOptions, TritonServer, free_port
 from tritune.serving import ServingConfig
 
 SLO_MS = 100.0
-# The overload is set from the machine, not fixed: the default config (1 instance, no batching) held ~550/s of
-# batch-1 requests open-loop on one day on this 2-core VM and ~250/s on another, when a fixed 600/s left a backlog
-# so deep that no config drained it within the test (and every reload under it risked Triton 2.51's abort).
-# 1.1 × the default's closed-loop throughput at concurrency 8 is just over what it holds open-loop (the load
-# generator takes its share of the cores): ~600/s on the fast day, ~340/s on the slow one.
+# The overload is set from the machine, not fixed: what the default config (1 instance, no batching) holds varies
+# with the machine and with what else runs on it, and a fixed rate far above that leaves a backlog so deep that no
+# config drains it within the test (every reload under it also risks Triton 2.51's abort). 1.1 × the default's
+# closed-loop throughput at concurrency 8 is just over what it holds open-loop (the load generator takes its share
+# of the cores).
 OVERLOAD_FACTOR = 1.1
 
 
@@ -102,8 +102,7 @@ def reaches_a_config_that_holds_the_slo(server, quick_repository, held_out, tmp_
     assert any(w["slo_met"] for w in windows[1:]), (overload, rules, p99s)  # it got there under the load
 
     # The config it reached holds the same load on its own, the orchestrator stopped: judged inside the run above,
-    # an action taken in its last seconds (an instance added at 37 s of 40, in one CI run) is judged by its own
-    # reload. One 5-s window of three may miss: on two shared cores the machine itself stalls ~300 ms now and then,
+    # an action taken in its last seconds would be judged by its own reload. One 5-s window of three may miss: on two shared cores the machine itself stalls ~300 ms now and then,
     # static configs included (p99 counts every request).
     OpenLoopLoad(server.grpc_url, "cnn", held_out[0]).run(3, constant(2))  # drain what the run left queued
     check = OpenLoopLoad(server.grpc_url, "cnn", held_out[0], held_out[1]).run(15, constant(overload))
