@@ -102,8 +102,9 @@ def reaches_a_config_that_holds_the_slo(server, quick_repository, held_out, tmp_
     assert any(w["slo_met"] for w in windows[1:]), (overload, rules, p99s)  # it got there under the load
 
     # The config it reached holds the same load on its own, the orchestrator stopped: judged inside the run above,
-    # an action taken in its last seconds would be judged by its own reload. One 5-s window of three may miss: on two shared cores the machine itself stalls ~300 ms now and then,
-    # static configs included (p99 counts every request).
+    # an action taken in its last seconds would be judged by its own reload. One 5-s window of three may miss: on
+    # two shared cores the machine itself stalls ~300 ms now and then, static configs included (p99 counts every
+    # request).
     OpenLoopLoad(server.grpc_url, "cnn", held_out[0]).run(3, constant(2))  # drain what the run left queued
     check = OpenLoopLoad(server.grpc_url, "cnn", held_out[0], held_out[1]).run(15, constant(overload))
     held = [w["slo_met"] for w in check.windows(5.0, SLO_MS)]
