@@ -67,7 +67,7 @@ def _option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Actio
 def _convert(action: argparse.Action, value: Any, source: str) -> Any:
     flag = action.option_strings[-1]
     try:
-        if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+        if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction | argparse.BooleanOptionalAction):
             if isinstance(value, bool):
                 return value
             text = str(value).strip().lower()

@@ -85,3 +85,14 @@ def test_a_subcommand_imports_only_its_own_module():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("false", False), ("0", False), ("yes", True), ("on", True)])
+def test_an_on_off_option_reads_words_from_the_environment(monkeypatch, tmp_path, text, expected):
+    """`--headroom/--no-headroom` from TRITUNE_HEADROOM: 'false' must turn it off, not count as a true string."""
+    from tritune import settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRITUNE_HEADROOM", text)
+    _, subparsers = cli.build_parser("orchestrate")
+    assert settings.layered_defaults("orchestrate", subparsers["orchestrate"], None)["headroom"] is expected
