@@ -12,6 +12,7 @@ import json
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -21,6 +22,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from orchestrator.cpu import CpuSampler
 from orchestrator.metrics import Snapshot, Window, parse_metrics, window
 from orchestrator.nvml import NvmlReader, guard_inputs
 from orchestrator.policy import (
@@ -127,6 +129,12 @@ class Orchestrator:
         if options.metrics_port:
             start_http_server(options.metrics_port, addr=options.metrics_host, registry=self.metrics.registry)
         self._last_rule: str | None = None
+        self._cpu: CpuSampler | None = None
+        metrics_at = urllib.parse.urlsplit(options.metrics_url)
+        if ctx.kind == "cpu" and metrics_at.hostname in ("127.0.0.1", "localhost", "::1"):
+            # A Triton on this host: measure what the other processes leave it (orchestrator/cpu.py).
+            pid = options.server_pids[0] if options.server_pids else None
+            self._cpu = CpuSampler(metrics_port=metrics_at.port, pid=pid)
         self._nvml: NvmlReader | None = None
         if ctx.kind == "gpu":
             self._nvml, reason = NvmlReader.open()
@@ -180,9 +188,12 @@ class Orchestrator:
             self.backoff_s = 0.0
             self._suspect_restart = True
         prev, self.prev = self.prev, snap
+        cpu = self._cpu.sample() if self._cpu is not None else None  # sampled with every scrape, to stay paired
         if prev is None:
             return None
         w = window(prev, snap, self.options.model)
+        if cpu is not None:
+            w = replace(w, cpu_other_cores=cpu.other_cores, cpu_triton_cores=cpu.triton_cores)
         w = self._with_nvml(w, now)
         if w.model_missing or w.restarted:
             self._suspect_restart = True

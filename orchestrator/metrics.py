@@ -122,6 +122,11 @@ class Window:
     p99_queue_ms: float | None = None
     pending_requests: float = 0.0
     cpu_utilization: float | None = None
+    # Cores the machine's other processes (anything but Triton's server and stubs) took, and cores Triton took, in
+    # the window: what a neighbour leaves Triton, and the CPU its throughput cost. None when not measured (a
+    # Triton on another host, or no /proc).
+    cpu_other_cores: float | None = None
+    cpu_triton_cores: float | None = None
     gpu_utilization: float | None = None
     gpu_memory_free_bytes: float | None = None
     restarted: bool = False

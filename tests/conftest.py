@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +21,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def quick_cache(tmp_path_factory) -> Path:
-    """The checkpoint cache of the quick build: a later quick build with it retrains nothing."""
+    """The checkpoint cache of the quick build: a later quick build with it retrains nothing. TRITUNE_TEST_CACHE
+    names a folder that keeps it across sessions (repeated runs of a tier); by default each session trains anew."""
+    keep = os.environ.get("TRITUNE_TEST_CACHE")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        return Path(keep)
     return tmp_path_factory.mktemp("quick-cache")
 
 

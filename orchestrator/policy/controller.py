@@ -19,6 +19,7 @@ from tritune.serving import ServingConfig
 
 DRAIN_WAIT_S = 45.0  # hold at most this long after an action for an old version to finish draining
 SUMMARY_WINDOW_S = 60.0  # Triton 2.51 keeps its latency summaries over about this long
+MIN_MEASURED_CORES = 0.1  # below this Triton's CPU time is too small a count to divide by
 
 
 @dataclass(frozen=True)
@@ -213,10 +214,22 @@ def judge(before: Window, after: Window, p: Pending, ctx: Context, cfg: Controll
         over = after.avg_latency_ms > ctx.objective.p99_latency_ms * 0.5
         backlog = has_backlog(after.pending_requests, p.after.instances)
         return Verdict.WORSE if over or backlog else Verdict.SAME
-    # Throughput follows the offered load; it measures capacity only while requests wait (a backlog).
+    # Throughput follows the offered load; it measures capacity only while requests wait (a backlog). On a shared
+    # machine it also follows what the neighbours leave Triton: where Triton's own CPU time is known, a lower rate
+    # counts against the action only if each core Triton had served less too, and more work per core counts for it
+    # (batching and a cheaper variant do more with the same cores).
     saturated = has_backlog(before.pending_requests, p.before.instances) or before.avg_queue_ms > before.avg_compute_ms
-    more = saturated and after.throughput_infer_per_s > before.throughput_infer_per_s * (1 + tol / 2)
-    less = saturated and after.throughput_infer_per_s < before.throughput_infer_per_s * (1 - tol)
+    per_core_before, per_core_after = _per_core(before), _per_core(after)
+    per_core_known = per_core_before is not None and per_core_after is not None
+    more = saturated and (
+        after.throughput_infer_per_s > before.throughput_infer_per_s * (1 + tol / 2)
+        or (per_core_known and per_core_after > per_core_before * (1 + tol))
+    )
+    less = (
+        saturated
+        and after.throughput_infer_per_s < before.throughput_infer_per_s * (1 - tol)
+        and not (per_core_known and per_core_after >= per_core_before * (1 - tol))
+    )
     draining = before.pending_requests > 0 and after.pending_requests < before.pending_requests * 0.8
     still_backlogged = has_backlog(after.pending_requests, p.after.instances)
     if saturated and still_backlogged and not draining:
@@ -237,6 +250,13 @@ def judge(before: Window, after: Window, p: Pending, ctx: Context, cfg: Controll
     if less or (slower and not more):
         return Verdict.WORSE
     return Verdict.SAME
+
+
+def _per_core(w: Window) -> float | None:
+    """Inferences per second per core Triton used in the window; None when not measured or Triton barely ran."""
+    if w.cpu_triton_cores is None or w.cpu_triton_cores < MIN_MEASURED_CORES:
+        return None
+    return w.throughput_infer_per_s / w.cpu_triton_cores
 
 
 def applied(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from orchestrator.metrics import Window
+from orchestrator.policy.signals import instance_cap, usable_cores
 from orchestrator.policy.types import Action, Context, Decision, Direction, Proposal, Rule
 from tritune.serving import ServingConfig
 
@@ -67,12 +68,12 @@ def guard(
 
 def clamp(target: ServingConfig, current: ServingConfig, w: Window, ctx: Context, g: GuardConfig) -> ServingConfig:
     step = max(-g.max_instance_step, min(g.max_instance_step, target.instances - current.instances))
-    instances = max(ctx.min_instances, min(ctx.instance_cap, current.instances + step))
+    instances = max(ctx.min_instances, min(instance_cap(ctx, w), current.instances + step))
     if ctx.kind == "gpu" and instances > current.instances and ctx.gpu_memory_per_instance_bytes:
         free = w.gpu_memory_free_bytes if w.gpu_memory_free_bytes is not None else 0.0
         affordable = int(free // ctx.gpu_memory_per_instance_bytes)
         instances = min(instances, current.instances + max(affordable, 0))
-    threads = max(1, ctx.cores // instances) if ctx.kind == "cpu" else target.threads
+    threads = max(1, usable_cores(ctx, w) // instances) if ctx.kind == "cpu" else target.threads
     delay = max(0, min(target.max_queue_delay_us, ctx.delay_cap_us))
     if current.max_queue_delay_us and delay > current.max_queue_delay_us * g.max_delay_factor:
         delay = int(current.max_queue_delay_us * g.max_delay_factor)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from orchestrator.metrics import Window
-from orchestrator.policy.signals import Pressure, Thresholds, light, pressure, utilization
+from orchestrator.policy.signals import Pressure, Thresholds, instance_cap, light, pressure, utilization
 from orchestrator.policy.types import Context, Direction, PressureKind, Proposal, Rule
 from tritune.serving import ServingConfig
 
@@ -60,7 +60,7 @@ class RulePolicy:
                 combined = replace(p.config, variant=free.config.variant)
                 if allowed(combined):
                     return replace(free, config=combined, reason=f"{free.reason}; with {p.rule} in the same reload")
-        headroom = self._headroom(current, ctx) if why is None else None
+        headroom = self._headroom(current, ctx, w) if why is None else None
         if free is not None and headroom is not None:
             combined = replace(headroom, variant=free.config.variant)
             if allowed(combined):
@@ -85,11 +85,11 @@ class RulePolicy:
             return None
         return next((p for p in candidates if allowed(p.config)), None)
 
-    def _headroom(self, c: ServingConfig, ctx: Context) -> ServingConfig | None:
+    def _headroom(self, c: ServingConfig, ctx: Context, w: Window) -> ServingConfig | None:
         if not ctx.keeps_headroom:
             return None
         target = c if c.dynamic_batching else self._batched(c, ctx)
-        target = replace(target, instances=max(c.instances, ctx.instance_cap))
+        target = replace(target, instances=max(c.instances, instance_cap(ctx, w)))
         return target if target != c else None
 
     def _batched(self, c: ServingConfig, ctx: Context) -> ServingConfig:
@@ -123,7 +123,7 @@ class RulePolicy:
 
     def _up(self, w: Window, c: ServingConfig, ctx: Context, why: Pressure) -> Iterator[Proposal]:
         util = utilization(w, c)
-        cap = ctx.instance_cap
+        cap = instance_cap(ctx, w)
         if why.kind is PressureKind.BUSY:
             # Busy instances with latency still in bounds call for another instance and nothing else: a longer
             # delay under that signal costs a reload under load, and the drain of the copy it replaces, for no gain

@@ -35,6 +35,23 @@ def has_backlog(pending_requests: float, instances: int, per_instance: float = B
     return pending_requests > per_instance * max(instances, 1)
 
 
+def usable_cores(ctx: Context, w: Window | None = None) -> int:
+    """The cores Triton really has: ``ctx.cores`` less what the machine's other processes took in the window.
+
+    A core another process keeps busy is no core of Triton's: giving each instance "its own" core there puts two
+    instances (or two ORT threads) on one core, which serves less than one instance with batching. A core counts
+    while over half of it is free. Unmeasured (a Triton on another host, a GPU): every configured core.
+    """
+    if ctx.kind != "cpu" or w is None or w.cpu_other_cores is None:
+        return ctx.cores
+    return max(1, min(ctx.cores, int(ctx.cores - w.cpu_other_cores + 0.5)))
+
+
+def instance_cap(ctx: Context, w: Window | None = None) -> int:
+    """On the CPU each instance needs at least one usable core of its own; more only oversubscribes."""
+    return min(ctx.max_instances, usable_cores(ctx, w)) if ctx.kind == "cpu" else ctx.max_instances
+
+
 def utilization(w: Window, config: ServingConfig) -> float:
     """Busy share of the instances in the window, 0..1.
 

@@ -160,11 +160,6 @@ class Context:
         info = self.variants.get(variant)
         return info.latency_ms_b32 if info else float("inf")
 
-    @property
-    def instance_cap(self) -> int:
-        """On the CPU each instance needs at least one core of its own; more only oversubscribes."""
-        return min(self.max_instances, self.cores) if self.kind == "cpu" else self.max_instances
-
 
 @dataclass(frozen=True)
 class Proposal:

@@ -531,3 +531,45 @@ def test_the_floors_enforcement_is_not_verified_so_never_rolled_back_below_the_f
     assert decision.action == "apply" and decision.rule == "enforce-accuracy-floor"
     state = applied(state, decision, below, win(2.0), 2.0)
     assert state.pending is None and state.last_good == decision.config
+
+
+# -- a shared machine: cores a neighbour takes are not Triton's -------------------------------------------------
+def test_cores_other_processes_keep_busy_are_not_given_to_instances():
+    """Beside a one-core busy loop on 2 cores, Triton has one core: batching comes with 1 instance × 1 thread, not
+    2 instances × 1 thread (two instances on the one free core); alone it gets both cores again."""
+    busy_neighbour = lambda t, **kw: win(  # noqa: E731
+        t, latency_ms=150.0, util=0.97, rate=900, pending_requests=700, cpu_other_cores=1.1, **kw
+    )
+    sim = Sim(ctx())
+    sim.run(6, busy_neighbour)
+    assert [r for _, _, r in sim.log] == ["enable-dynamic-batching"]
+    assert sim.config.dynamic_batching and (sim.config.instances, sim.config.threads) == (1, 1)
+    c = ctx()
+    rogue = ServingConfig("fp32", 2, 0, True, 1000)
+    assert clamp(rogue, DEFAULT, win(2.0, cpu_other_cores=1.1), c, CFG.guards).instances == 1
+    assert clamp(rogue, DEFAULT, win(2.0, cpu_other_cores=0.4), c, CFG.guards).instances == 2  # the load generator
+    assert clamp(rogue, DEFAULT, win(2.0), c, CFG.guards).instances == 2  # unknown (a remote Triton): all cores
+
+
+def _saturated(rate: float, triton_cores: float | None, pending: float = 400) -> Window:
+    return win(10.0, latency_ms=900.0, util=1.0, rate=rate, pending_requests=pending, cpu_triton_cores=triton_cores)
+
+
+@pytest.mark.parametrize(
+    ("after_rate", "after_cores", "verdict"),
+    [
+        (330.0, 1.0, "better"),  # a neighbour took a core; each core Triton kept served 57% more
+        (330.0, 1.9, "worse"),  # the same cores served less: the action itself cost capacity
+        (330.0, None, "worse"),  # CPU unmeasured (a remote Triton): the rate alone decides, as before
+        (470.0, 1.9, "better"),
+    ],
+)
+def test_under_a_backlog_the_service_rate_is_judged_per_core_triton_had(after_rate, after_cores, verdict):
+    """A right action on a shared machine: batching under a backlog while a neighbour starts and takes a core.
+    The service rate falls, but per core Triton had it rose: that is no regression."""
+    from orchestrator.policy import Pending, judge
+
+    before = _saturated(400.0, None if after_cores is None else 1.9)
+    batched = ServingConfig("fp32", 1, 2, True, 1000)
+    p = Pending(before=DEFAULT, after=batched, rule="enable-dynamic-batching", applied_s=10.0, before_window=before)
+    assert judge(before, _saturated(after_rate, after_cores, pending=390), p, ctx(), CFG) == verdict
