@@ -29,9 +29,11 @@ from orchestrator.policy.signals import (
     Thresholds,
     busy_share,
     has_backlog,
+    instance_cap,
     light,
     pressure,
     slo_met,
+    usable_cores,
     utilization,
 )
 from orchestrator.policy.types import (
@@ -81,11 +83,13 @@ __all__ = [
     "clamp",
     "guard",
     "has_backlog",
+    "instance_cap",
     "judge",
     "light",
     "pressure",
     "slo_met",
     "step",
+    "usable_cores",
     "utilization",
     "variants_from_manifest",
 ]
