@@ -13,6 +13,7 @@ from tritune.serving import ServingConfig
 # Pending requests per instance beyond which requests wait for an instance rather than for the batching timer: a
 # backlog. Pressure, the verification of an action and the drain estimate all use this one threshold.
 BACKLOG_PER_INSTANCE = 4.0
+SHARED_CORE_FREE_SHARE = 0.25  # a core another process shares counts for Triton while this much of it is free
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,15 @@ def usable_cores(ctx: Context, w: Window | None = None) -> int:
     """The cores Triton really has: ``ctx.cores`` less what the machine's other processes took in the window.
 
     A core another process keeps busy is no core of Triton's: giving each instance "its own" core there puts two
-    instances (or two ORT threads) on one core, which serves less than one instance with batching. A core counts
-    while over half of it is free. Unmeasured (a Triton on another host, a GPU): every configured core.
+    instances (or two ORT threads) on one core, where they contend for it instead of adding capacity. A core counts
+    while over a quarter of it is free (``SHARED_CORE_FREE_SHARE``): a load generator on the same machine that takes
+    half a core leaves Triton both, a busy loop that takes a whole one does not. Unmeasured (a Triton on another
+    host, a GPU): every configured core.
     """
     if ctx.kind != "cpu" or w is None or w.cpu_other_cores is None:
         return ctx.cores
-    return max(1, min(ctx.cores, int(ctx.cores - w.cpu_other_cores + 0.5)))
+    free = ctx.cores - w.cpu_other_cores
+    return max(1, min(ctx.cores, int(free + 1 - SHARED_CORE_FREE_SHARE)))
 
 
 def instance_cap(ctx: Context, w: Window | None = None) -> int:

@@ -573,3 +573,10 @@ def test_under_a_backlog_the_service_rate_is_judged_per_core_triton_had(after_ra
     batched = ServingConfig("fp32", 1, 2, True, 1000)
     p = Pending(before=DEFAULT, after=batched, rule="enable-dynamic-batching", applied_s=10.0, before_window=before)
     assert judge(before, _saturated(after_rate, after_cores, pending=390), p, ctx(), CFG) == verdict
+
+
+@pytest.mark.parametrize(("other", "usable"), [(None, 2), (0.0, 2), (0.4, 2), (0.7, 2), (0.8, 1), (1.1, 1), (3.0, 1)])
+def test_a_shared_core_counts_while_over_a_quarter_of_it_is_free(other, usable):
+    from orchestrator.policy import usable_cores
+
+    assert usable_cores(ctx(), win(2.0, cpu_other_cores=other)) == usable
