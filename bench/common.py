@@ -30,7 +30,7 @@ from tritune.serving import ServingConfig
 
 KEY = "bench-key"
 WINDOW_S = 5.0
-# The controller as the benchmarks run it (and as README reports): a 1-s tick, quick up, slow down.
+# The controller as the benchmarks run it (docs/benchmarks.md): a 1-s tick, quick up, slow down.
 BENCH_CONTROLLER = ControllerConfig(guards=GuardConfig(upscale_delay_s=2, downscale_delay_s=30, cooldown_s=5))
 
 
@@ -164,8 +164,8 @@ def retry_blips(probe, slo_ms: float, retries: int = 1, blip_limit: float = 10.0
     config: nothing failed and the p99 stayed under ``blip_limit`` × the SLO. A rate passes if any try passes.
 
     On two shared cores the load generator, Triton and the OS now and then stall together for ~100–300 ms; one such
-    stall puts a 20-s probe's p99 over a 50-ms SLO whatever the config (it failed the oracle at 400 req/s between
-    passes at 375 and, earlier, 750). An overload builds a backlog instead: p99 in seconds, not retried. Every arm
+    stall puts a 20-s probe's p99 over a 50-ms SLO whatever the config, so a rate between two passing ones can fail
+    once. An overload builds a backlog instead: p99 in seconds, not retried. Every arm
     goes through the same rule. Each try is kept in ``info["tries"]``.
     """
 
