@@ -110,6 +110,7 @@ def main() -> int:
         objective=Objective(args.slo_ms, args.accuracy_floor),
         variants=variants_from_manifest(manifest),
         cores=os.cpu_count() or 1,
+        headroom=False,  # the ladder's reaction to an overload from Triton's default, not capacity set up before it
     )
     runs = [one_run(args, data, ctx, i) for i in range(args.repeats)]
 

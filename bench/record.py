@@ -1,0 +1,88 @@
+"""Run one benchmark and keep what it printed, with where and when, as ``docs/results/NAME.json``.
+
+    python bench/record.py variants -- python bench/variants.py --runs 7
+
+The benchmark's stdout must be its JSON (each script in bench/ prints exactly that); its stderr passes through.
+The record adds the commit (and whether the tree had uncommitted changes), the UTC date, the machine and the exact
+command, so docs/benchmarks.md can show each current figure with its provenance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+
+def machine() -> dict:
+    mem_kb = next(
+        (
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        ),
+        0,
+    )
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gib": round(mem_kb / 2**20, 1),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "gpu": None,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("name", help="results file name, e.g. variants (→ docs/results/variants.json)")
+    ap.add_argument("command", nargs=argparse.REMAINDER, help="-- then the benchmark command")
+    args = ap.parse_args()
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        ap.error("give the benchmark command after --")
+    started = time.monotonic()
+    date = datetime.now(UTC).isoformat(timespec="seconds")
+    proc = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=False)
+    try:
+        result = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        print(
+            f"record: {command[1] if len(command) > 1 else command[0]} printed no JSON; nothing written",
+            file=sys.stderr,
+        )
+        sys.stdout.write(proc.stdout)
+        return 1
+    record = {
+        "benchmark": args.name,
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "date_utc": date,
+        "machine": machine(),
+        "command": shlex.join(command),
+        "exit_code": proc.returncode,
+        "wall_s": round(time.monotonic() - started, 1),
+        "result": result,
+    }
+    out = ROOT / "docs" / "results" / f"{args.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"record: {out.relative_to(ROOT)} (exit {proc.returncode}, {record['wall_s']} s)", file=sys.stderr)
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
