@@ -36,6 +36,7 @@ from orchestrator.policy import (
     apply_failed,
     slo_met,
     step,
+    usable_cores,
 )
 from tritune.apply import Applier
 from tritune.errors import ServerUnavailableError, TrituneError
@@ -76,6 +77,11 @@ class OrchestratorMetrics:
         self.throughput = Gauge("tritune_window_throughput_infer_per_s", "Images per second", registry=r)
         self.attainment = Gauge(
             "tritune_slo_attainment_ratio", "Share of windows with traffic meeting the SLO", registry=r
+        )
+        self.usable_cores = Gauge(
+            "tritune_usable_cores",
+            "CPU cores the policy gives Triton: --cores less what other processes take",
+            registry=r,
         )
 
     def show_config(self, c: ServingConfig, ctx: Context) -> None:
@@ -252,6 +258,8 @@ class Orchestrator:
             self.metrics.p99.set(w.p99_latency_ms)
         self.metrics.mean.set(w.avg_latency_ms)
         self.metrics.throughput.set(w.throughput_infer_per_s)
+        if self.ctx.kind == "cpu":
+            self.metrics.usable_cores.set(usable_cores(self.ctx, w))
         if w.restarted:
             self.metrics.restarts.inc()
 
