@@ -69,7 +69,8 @@ def main() -> int:
     record = {
         "benchmark": args.name,
         "commit": git("rev-parse", "--short", "HEAD"),
-        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+        # code only: docs/ (where this record goes) and the README may change while benchmarks run
+        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs", ":!*.md")),
         "date_utc": date,
         "machine": machine(),
         "command": shlex.join(command),
