@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+CODE_PATHS = (".", ":!docs", ":!*.md")
 
 
 def git(*args: str) -> str:
@@ -70,7 +71,7 @@ def main() -> int:
         "benchmark": args.name,
         "commit": git("rev-parse", "--short", "HEAD"),
         # code only: docs/ (where this record goes) and the README may change while benchmarks run
-        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs", ":!*.md")),
+        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)),
         "date_utc": date,
         "machine": machine(),
         "command": shlex.join(command),
