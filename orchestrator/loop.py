@@ -26,6 +26,7 @@ from orchestrator.cpu import CpuSampler
 from orchestrator.metrics import Snapshot, Window, parse_metrics, window
 from orchestrator.nvml import NvmlReader, guard_inputs
 from orchestrator.policy import (
+    Action,
     Context,
     ControllerConfig,
     ControllerState,
@@ -106,6 +107,9 @@ class LoopOptions:
     metrics_host: str = "127.0.0.1"
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     server_pids: tuple[int, ...] | None = None  # gpu: the tritonserver process(es), for NVML's per-process memory
+    # A hold is logged with its window when its rule changes and otherwise at most this often: a run in which the
+    # controller did nothing can be explained afterwards, at a few records a minute.
+    hold_log_interval_s: float = 10.0
 
 
 class Orchestrator:
@@ -135,6 +139,7 @@ class Orchestrator:
         if options.metrics_port:
             start_http_server(options.metrics_port, addr=options.metrics_host, registry=self.metrics.registry)
         self._last_rule: str | None = None
+        self._last_hold_log_s = float("-inf")
         self._cpu: CpuSampler | None = None
         metrics_at = urllib.parse.urlsplit(options.metrics_url)
         if ctx.kind == "cpu" and metrics_at.hostname in ("127.0.0.1", "localhost", "::1"):
@@ -219,6 +224,13 @@ class Orchestrator:
         decision, self.state = step(w, self.current, self.state, self.ctx, self.policy, self.options.controller, now)
         if decision.rule == "stalled" and self._last_rule != "stalled":  # once per stall, not every tick
             self.log("triton-stalled", reason=decision.reason, window=w.summary())
+        if decision.action == Action.HOLD and (
+            decision.rule != self._last_rule or now - self._last_hold_log_s >= self.options.hold_log_interval_s
+        ):
+            self._last_hold_log_s = now
+            self.log(
+                "hold", rule=decision.rule, reason=decision.reason, config=self.current.describe(), window=w.summary()
+            )
         self._last_rule = decision.rule
         if decision.verified:
             self.log("verified", **decision.verified)
