@@ -13,7 +13,15 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from orchestrator.metrics import Window
-from orchestrator.policy.signals import Pressure, Thresholds, instance_cap, light, pressure, utilization
+from orchestrator.policy.signals import (
+    Pressure,
+    Thresholds,
+    instance_cap,
+    light,
+    pressure,
+    usable_cores,
+    utilization,
+)
 from orchestrator.policy.types import Context, Direction, PressureKind, Proposal, Rule
 from tritune.serving import ServingConfig
 
@@ -130,6 +138,11 @@ class RulePolicy:
             # while requests do not wait.
             if c.instances < cap:
                 yield Proposal(replace(c, instances=c.instances + 1), Direction.UP, Rule.ADD_INSTANCE, why.reason)
+            elif usable_cores(ctx, w) < ctx.cores:
+                # Other processes hold the cores another instance would need, and they (a client on this machine
+                # among them) queue for the CPU behind Triton's busy instances, which Triton's own latency does not
+                # show: a cheaper variant is the capacity left.
+                yield from self._faster(c, ctx, f"{why.reason} on the {usable_cores(ctx, w)} core(s) left to Triton")
             return
         if not c.dynamic_batching:
             batched = self._batched(c, ctx)
@@ -174,15 +187,18 @@ class RulePolicy:
                 Rule.LENGTHEN_QUEUE_DELAY,
                 f"{why.reason}; batch {w.avg_batch:.1f}, larger batches amortize",
             )
-        faster = [
-            v for v in ctx.allowed_variants() if v.latency_ms_b32 < ctx.cost(c.variant) * FASTER_VARIANT_COST_RATIO
-        ]
-        for target in sorted(faster, key=lambda v: (-v.top1, v.latency_ms_b32)):  # most accurate first
+        yield from self._faster(c, ctx, why.reason)
+
+    def _faster(self, c: ServingConfig, ctx: Context, why: str) -> Iterator[Proposal]:
+        """Cheaper variants at or above the floor, the most accurate first."""
+        limit_ms = ctx.cost(c.variant) * FASTER_VARIANT_COST_RATIO
+        faster = [v for v in ctx.allowed_variants() if v.latency_ms_b32 < limit_ms]
+        for target in sorted(faster, key=lambda v: (-v.top1, v.latency_ms_b32)):
             yield Proposal(
                 replace(c, variant=target.name),
                 Direction.UP,
                 Rule.FASTER_VARIANT,
-                f"{why.reason}; {c.variant} → {target.name} (top-1 {target.top1:.4f} ≥ floor "
+                f"{why}; {c.variant} → {target.name} (top-1 {target.top1:.4f} ≥ floor "
                 f"{ctx.objective.accuracy_floor:.4f})",
             )
 

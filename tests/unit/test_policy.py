@@ -580,3 +580,15 @@ def test_a_shared_core_counts_while_over_a_quarter_of_it_is_free(other, usable):
     from orchestrator.policy import usable_cores
 
     assert usable_cores(ctx(), win(2.0, cpu_other_cores=other)) == usable
+
+
+def test_busy_on_the_cores_a_neighbour_leaves_steps_to_a_cheaper_variant():
+    """At the instance cap the neighbour sets (1 of 2 cores), an instance always busy with latency still in bounds
+    leaves no headroom the client sharing the machine does not pay for: the most accurate cheaper variant comes
+    next. Without a neighbour, busy at the cap still reloads nothing (see the busy-signal test above)."""
+    batched = ServingConfig("fp32", 1, 1, True, 1000)
+    busy = lambda t, **kw: win(t, latency_ms=3.0, util=1.0, rate=700, cpu_other_cores=1.0, **kw)  # noqa: E731
+    sim = Sim(ctx(), batched)
+    sim.run(8, busy)
+    assert [(r, c.variant) for (_, _, r), c in zip(sim.log, sim.configs, strict=True)] == [("faster-variant", "int8")]
+    assert "core(s) left to Triton" in sim.reasons[0]
