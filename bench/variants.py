@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from builders import onnx_utils as ox
 from builders.data import load_dataset
 from builders.train import top1
-from tritune.manifest import Manifest
+from tritune.manifest import MANIFEST, Manifest
 
 TARGETS = {"int8_speedup_b32": 1.3, "pruned_speedup_b32": 1.4, "max_accuracy_loss_points": 1.0}
 
@@ -48,7 +48,7 @@ def main() -> int:
     ap.add_argument("--build", action="store_true", help="run `tritune build` first if there is no manifest")
     args = ap.parse_args()
 
-    if args.build and not (args.repository / "manifest.json").exists():
+    if args.build and not (args.repository / MANIFEST).exists():
         from builders.build import BuildOptions, build
 
         build(BuildOptions(repository=args.repository), log=lambda m: print(m, file=sys.stderr))

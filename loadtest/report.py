@@ -18,6 +18,7 @@ import numpy as np
 
 from loadtest.run import read_requests
 from tritune import slo
+from tritune.manifest import MANIFEST, Manifest
 
 WINDOW_S = 5.0
 
@@ -186,25 +187,26 @@ def _config_plot(decisions: list[dict], t0: float, t_end: float) -> str:
 
 
 def _variant_table(repository: Path | None) -> str:
-    if not repository or not (Path(repository) / "manifest.json").exists():
+    if not repository or not (Path(repository) / MANIFEST).exists():
         return ""
-    m = json.loads((Path(repository) / "manifest.json").read_text())
+    m = Manifest.read(Path(repository))
+    variants = m.variants
     rows = []
-    fp32 = m["variants"].get("fp32", {}).get("latency_ms", {}).get("batch_32")
-    for name, v in m["variants"].items():
-        b32 = v["latency_ms"]["batch_32"]
+    fp32 = variants["fp32"].latency_ms_b32 if "fp32" in variants else None
+    for name, v in variants.items():
+        b32 = v.latency_ms_b32
         rows.append(
             "<tr>"
             + "".join(
                 f"<td>{html.escape(str(x))}</td>"
                 for x in (
                     name,
-                    v["precision"],
-                    f"{v['top1'] * 100:.2f}%",
-                    f"{v['parameters'] / 1e6:.2f} M",
-                    f"{v['flops'] / 1e6:.1f}",
-                    f"{v['file_bytes'] / 1e6:.2f} MB",
-                    f"{v['latency_ms']['batch_1']:.2f}",
+                    v.precision,
+                    f"{v.top1 * 100:.2f}%",
+                    f"{v.parameters / 1e6:.2f} M",
+                    f"{v.flops / 1e6:.1f}",
+                    f"{v.file_bytes / 1e6:.2f} MB",
+                    f"{v.latency_ms['batch_1']:.2f}",
                     f"{b32:.2f}",
                     f"{32000 / b32:.0f}",
                     f"{fp32 / b32:.2f}×" if fp32 else "",
@@ -227,10 +229,10 @@ def _variant_table(repository: Path | None) -> str:
             "speed vs fp32",
         )
     )
-    ds = m.get("dataset", {})
+    ds = m.dataset
     note = (
         f"Held-out set: {html.escape(str(ds.get('name')))} ({ds.get('held_out_images')} images). Speeds: "
-        f"in-process ONNX Runtime at build time on {html.escape(str(m.get('host', {}).get('machine', '?')))}."
+        f"in-process ONNX Runtime at build time on {html.escape(str(m.host.get('machine', '?')))}."
     )
     return f"<h2>Variants</h2><p>{note}</p><table><tr>{head}</tr>{''.join(rows)}</table>"
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
 
 from loadtest.report import read_decisions, windows, write_report
+from tritune.manifest import MANIFEST
 
 T0 = 1_800_000_000.0
 
@@ -83,13 +85,16 @@ def test_report_with_the_variant_table(tmp_path, quick_manifest):
 
 @pytest.fixture
 def quick_manifest(tmp_path_factory):
+    from tests.unit.test_manifest import manifest, record
+
     root = tmp_path_factory.mktemp("repo")
-    variant = {"precision": "fp32", "top1": 0.975, "parameters": 1_000_000, "flops": 2e7, "file_bytes": 4_000_000,
-               "latency_ms": {"batch_1": 0.5, "batch_32": 8.0}}  # fmt: skip
-    manifest = {
-        "dataset": {"name": "digits", "held_out_images": 360},
-        "host": {"machine": "x86_64"},
-        "variants": {"fp32": {**variant, "latency_ms": {"batch_1": 1.0, "batch_32": 28.0}}, "pruned": variant},
-    }
-    (root / "manifest.json").write_text(json.dumps(manifest))
+    variant = replace(record("pruned", 0.975, 8.0), latency_ms={"batch_1": 0.5, "batch_32": 8.0})
+    fp32 = replace(record("fp32", 0.975, 28.0), latency_ms={"batch_1": 1.0, "batch_32": 28.0})
+    m = replace(
+        manifest(),
+        dataset={"name": "digits", "held_out_images": 360},
+        host={"machine": "x86_64"},
+        variants={"fp32": fp32, "pruned": variant},
+    )
+    m.write(root / MANIFEST)
     return root
