@@ -18,6 +18,7 @@ import numpy as np
 
 from loadtest.run import read_requests
 from tritune import slo
+from tritune.errors import RepositoryError
 from tritune.manifest import MANIFEST, Manifest
 
 WINDOW_S = 5.0
@@ -189,7 +190,10 @@ def _config_plot(decisions: list[dict], t0: float, t_end: float) -> str:
 def _variant_table(repository: Path | None) -> str:
     if not repository or not (Path(repository) / MANIFEST).exists():
         return ""
-    m = Manifest.read(Path(repository))
+    try:
+        m = Manifest.read(Path(repository))
+    except RepositoryError:
+        return ""  # a manifest of another schema: the report goes on without its variant table
     variants = m.variants
     rows = []
     fp32 = variants["fp32"].latency_ms_b32 if "fp32" in variants else None

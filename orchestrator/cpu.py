@@ -22,22 +22,27 @@ def machine_busy_s(proc: Path = PROC) -> tuple[float, float] | None:
     """(busy, total) CPU seconds since boot over all cores; busy excludes idle and iowait."""
     try:
         fields = (proc / "stat").read_text().splitlines()[0].split()
-    except (OSError, IndexError):
+        ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, IndexError, ValueError):
         return None
-    ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    if len(ticks) < 8:
+        return None
     hz = os.sysconf("SC_CLK_TCK")
     total = sum(ticks)
     return (total - ticks[3] - ticks[4]) / hz, total / hz
 
 
-def _stat(pid: int, proc: Path) -> tuple[int, float] | None:
-    """(ppid, utime+stime seconds) of one process."""
+def _stat(pid: int, proc: Path, reaped: bool = False) -> tuple[int, float] | None:
+    """(ppid, CPU seconds) of one process: utime + stime, plus, with ``reaped``, the CPU time of its children it
+    has already waited for (cutime + cstime: a stub that exited moves its time there). None for a process that
+    vanished or a torn read."""
     try:
         text = (proc / str(pid) / "stat").read_text()
-    except OSError:
+        rest = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
+        ticks = int(rest[11]) + int(rest[12]) + ((int(rest[13]) + int(rest[14])) if reaped else 0)
+        return int(rest[1]), ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
         return None
-    rest = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
-    return int(rest[1]), (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def find_triton(metrics_port: int, proc: Path = PROC) -> int | None:
@@ -58,7 +63,7 @@ def tree_cpu_s(root: int, proc: Path = PROC) -> dict[int, float]:
     """CPU seconds of ``root`` and each of its descendants, by pid."""
     stats: dict[int, tuple[int, float]] = {}
     for d in proc.iterdir():
-        if d.name.isdigit() and (s := _stat(int(d.name), proc)) is not None:
+        if d.name.isdigit() and (s := _stat(int(d.name), proc, reaped=int(d.name) == root)) is not None:
             stats[int(d.name)] = s
     out, frontier = {}, {root}
     while frontier:
@@ -73,6 +78,7 @@ class CpuShare:
 
     other_cores: float  # the median of the last few windows (see CpuSampler)
     triton_cores: float  # this window's
+    machine_cores: int  # the machine's: other_cores is a share of these, not of --cores
 
 
 class CpuSampler:
@@ -107,4 +113,8 @@ class CpuSampler:
         wall_s = wall_cores_s / (os.cpu_count() or 1)
         other = max(0.0, (machine[0] - busy0) - triton) / wall_s
         self._recent.append(other)
-        return CpuShare(other_cores=statistics.median(self._recent), triton_cores=max(0.0, triton) / wall_s)
+        return CpuShare(
+            other_cores=statistics.median(self._recent),
+            triton_cores=max(0.0, triton) / wall_s,
+            machine_cores=os.cpu_count() or 1,
+        )

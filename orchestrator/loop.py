@@ -22,7 +22,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from orchestrator.cpu import CpuSampler
+from orchestrator.cpu import CpuSampler, CpuShare
 from orchestrator.metrics import Snapshot, Window, parse_metrics, window
 from orchestrator.nvml import NvmlReader, guard_inputs
 from orchestrator.policy import (
@@ -141,6 +141,7 @@ class Orchestrator:
         self._last_rule: str | None = None
         self._last_hold_log_s = float("-inf")
         self._cpu: CpuSampler | None = None
+        self._cpu_failed = False
         metrics_at = urllib.parse.urlsplit(options.metrics_url)
         if ctx.kind == "cpu" and metrics_at.hostname in ("127.0.0.1", "localhost", "::1"):
             # A Triton on this host: measure what the other processes leave it (orchestrator/cpu.py).
@@ -199,12 +200,17 @@ class Orchestrator:
             self.backoff_s = 0.0
             self._suspect_restart = True
         prev, self.prev = self.prev, snap
-        cpu = self._cpu.sample() if self._cpu is not None else None  # sampled with every scrape, to stay paired
+        cpu = self._cpu_sample()  # with every scrape, so that each window has its own
         if prev is None:
             return None
         w = window(prev, snap, self.options.model)
         if cpu is not None:
-            w = replace(w, cpu_other_cores=cpu.other_cores, cpu_triton_cores=cpu.triton_cores)
+            w = replace(
+                w,
+                cpu_other_cores=cpu.other_cores,
+                cpu_triton_cores=cpu.triton_cores,
+                cpu_machine_cores=cpu.machine_cores,
+            )
         w = self._with_nvml(w, now)
         if w.model_missing or w.restarted:
             self._suspect_restart = True
@@ -237,6 +243,19 @@ class Orchestrator:
         if decision.changes:
             self._act(decision, w, now)
         return decision
+
+    def _cpu_sample(self) -> CpuShare | None:
+        """The CPU shares, or None: a failed read of /proc must not stop the loop (the policy then assumes every
+        configured core is Triton's); said once."""
+        if self._cpu is None:
+            return None
+        try:
+            return self._cpu.sample()
+        except Exception as exc:  # /proc is read while processes come and go
+            if not self._cpu_failed:
+                self._cpu_failed = True
+                self.log("cpu-read-failed", error=f"{type(exc).__name__}: {exc}")
+            return None
 
     def _with_nvml(self, w: Window, now: float) -> Window:
         """GPU: the tighter of Triton's and NVML's free memory; the per-instance estimate refreshed while settled."""

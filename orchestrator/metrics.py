@@ -127,6 +127,7 @@ class Window:
     # Triton on another host, or no /proc).
     cpu_other_cores: float | None = None
     cpu_triton_cores: float | None = None
+    cpu_machine_cores: int | None = None  # the machine's cores, of which the two above are shares
     gpu_utilization: float | None = None
     gpu_memory_free_bytes: float | None = None
     restarted: bool = False

@@ -11,10 +11,13 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def percentile_ms(latencies_ms: Sequence[float] | np.ndarray, q: float) -> float | None:
-    """The ``q``-th percentile (0..100), rounded to 0.01 ms; None for no samples."""
+def percentile_ms(latencies_ms: Sequence[float] | np.ndarray, q: float, digits: int | None = 2) -> float | None:
+    """The ``q``-th percentile (0..100), rounded to ``digits`` for display (None: unrounded); None for no samples."""
     lat = np.asarray(latencies_ms, dtype=float)
-    return round(float(np.percentile(lat, q)), 2) if lat.size else None
+    if not lat.size:
+        return None
+    value = float(np.percentile(lat, q))
+    return round(value, digits) if digits is not None else value
 
 
 def slo_met(p99_ms: float | None, failures: int, slo_ms: float) -> bool:
@@ -24,11 +27,11 @@ def slo_met(p99_ms: float | None, failures: int, slo_ms: float) -> bool:
 
 def window_stats(latencies_ms: Sequence[float] | np.ndarray, failures: int, slo_ms: float | None) -> dict:
     """p50/p95/p99 of a window's successful requests and whether it met the SLO (None without an SLO)."""
-    p99 = percentile_ms(latencies_ms, 99)
+    p99 = percentile_ms(latencies_ms, 99, digits=None)  # judged unrounded, shown rounded
     return {
         "p50_ms": percentile_ms(latencies_ms, 50),
         "p95_ms": percentile_ms(latencies_ms, 95),
-        "p99_ms": p99,
+        "p99_ms": round(p99, 2) if p99 is not None else None,
         "failures": int(failures),
         "slo_met": slo_met(p99, failures, slo_ms) if slo_ms else None,
     }

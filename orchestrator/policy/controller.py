@@ -20,6 +20,7 @@ from tritune.serving import ServingConfig
 DRAIN_WAIT_S = 45.0  # hold at most this long after an action for an old version to finish draining
 SUMMARY_WINDOW_S = 60.0  # Triton 2.51 keeps its latency summaries over about this long
 MIN_MEASURED_CORES = 0.1  # below this Triton's CPU time is too small a count to divide by
+CPU_BOUND_SHARE = 0.9  # the machine's cores this busy in all: no CPU left that Triton could have had
 
 
 @dataclass(frozen=True)
@@ -135,20 +136,20 @@ def _verify(w, current, state, ctx, policy, cfg, now_s) -> tuple[Decision, Contr
     p = replace(
         p,
         windows=p.windows + 1,
-        better=p.better + (verdict_now is Verdict.BETTER),
-        worse=p.worse + (verdict_now is Verdict.WORSE),
-        idle=p.idle + (verdict_now is Verdict.IDLE),
+        better=p.better + (verdict_now == Verdict.BETTER),
+        worse=p.worse + (verdict_now == Verdict.WORSE),
+        idle=p.idle + (verdict_now == Verdict.IDLE),
     )
-    if p.windows < cfg.verify_windows and not (p.direction is Direction.DOWN and verdict_now is Verdict.WORSE):
+    if p.windows < cfg.verify_windows and not (p.direction == Direction.DOWN and verdict_now == Verdict.WORSE):
         return Decision(
             Action.HOLD, Rule.VERIFYING, f"{p.rule}: window {p.windows}/{cfg.verify_windows} {verdict_now}"
         ), replace(state, pending=p)
     # A capacity-adding action must show an improvement; one that gives capacity back must not hurt.
     # (if the load went away meanwhile there is no evidence either way: keep it)
     # A dominating variant (as accurate, much cheaper) is kept unless the windows say otherwise.
-    if p.direction is Direction.DOWN:
+    if p.direction == Direction.DOWN:
         kept = p.worse == 0
-    elif p.direction is Direction.FREE:
+    elif p.direction == Direction.FREE:
         kept = p.better >= p.worse
     else:
         kept = p.better > p.worse or p.idle == p.windows
@@ -210,7 +211,7 @@ def judge(before: Window, after: Window, p: Pending, ctx: Context, cfg: Controll
         # Capacity added ahead of load: a batching delay may cost a light load a fraction of a millisecond, which
         # is no regression; only missing the SLO is.
         return Verdict.SAME if slo_met(after, ctx.objective) else Verdict.WORSE
-    if p.direction is Direction.DOWN:  # gave capacity back: the SLO must still hold with room to spare
+    if p.direction == Direction.DOWN:  # gave capacity back: the SLO must still hold with room to spare
         over = after.avg_latency_ms > ctx.objective.p99_latency_ms * 0.5
         backlog = has_backlog(after.pending_requests, p.after.instances)
         return Verdict.WORSE if over or backlog else Verdict.SAME
@@ -220,7 +221,8 @@ def judge(before: Window, after: Window, p: Pending, ctx: Context, cfg: Controll
     # (batching and a cheaper variant do more with the same cores).
     saturated = has_backlog(before.pending_requests, p.before.instances) or before.avg_queue_ms > before.avg_compute_ms
     per_core_before, per_core_after = _per_core(before), _per_core(after)
-    per_core_known = per_core_before is not None and per_core_after is not None
+    # only while the machine had no CPU to spare: an action that leaves idle CPU unused serves less by itself
+    per_core_known = per_core_before is not None and per_core_after is not None and _cpu_bound(after)
     more = saturated and (
         after.throughput_infer_per_s > before.throughput_infer_per_s * (1 + tol / 2)
         or (per_core_known and per_core_after > per_core_before * (1 + tol))
@@ -250,6 +252,13 @@ def judge(before: Window, after: Window, p: Pending, ctx: Context, cfg: Controll
     if less or (slower and not more):
         return Verdict.WORSE
     return Verdict.SAME
+
+
+def _cpu_bound(w: Window) -> bool:
+    """Triton and the other processes together used (nearly) every core of the machine in the window."""
+    if w.cpu_machine_cores is None or w.cpu_other_cores is None or w.cpu_triton_cores is None:
+        return False
+    return w.cpu_other_cores + w.cpu_triton_cores >= CPU_BOUND_SHARE * w.cpu_machine_cores
 
 
 def _per_core(w: Window) -> float | None:

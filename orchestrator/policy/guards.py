@@ -68,7 +68,10 @@ def guard(
 
 def clamp(target: ServingConfig, current: ServingConfig, w: Window, ctx: Context, g: GuardConfig) -> ServingConfig:
     step = max(-g.max_instance_step, min(g.max_instance_step, target.instances - current.instances))
-    instances = max(ctx.min_instances, min(instance_cap(ctx, w), current.instances + step))
+    # A neighbour's cap bounds what is added, it never takes away an instance a proposal keeps: that would be a
+    # silent step down inside an up action (a down rule removes instances, verified as such).
+    cap = max(instance_cap(ctx, w), min(current.instances, instance_cap(ctx)))
+    instances = max(ctx.min_instances, min(cap, current.instances + step))
     if ctx.kind == "gpu" and instances > current.instances and ctx.gpu_memory_per_instance_bytes:
         free = w.gpu_memory_free_bytes if w.gpu_memory_free_bytes is not None else 0.0
         affordable = int(free // ctx.gpu_memory_per_instance_bytes)

@@ -132,13 +132,13 @@ class RulePolicy:
     def _up(self, w: Window, c: ServingConfig, ctx: Context, why: Pressure) -> Iterator[Proposal]:
         util = utilization(w, c)
         cap = instance_cap(ctx, w)
-        if why.kind is PressureKind.BUSY:
+        if why.kind == PressureKind.BUSY:
             # Busy instances with latency still in bounds call for another instance and nothing else: a longer
             # delay under that signal costs a reload under load, and the drain of the copy it replaces, for no gain
             # while requests do not wait.
             if c.instances < cap:
                 yield Proposal(replace(c, instances=c.instances + 1), Direction.UP, Rule.ADD_INSTANCE, why.reason)
-            elif usable_cores(ctx, w) < ctx.cores:
+            elif instance_cap(ctx, w) < instance_cap(ctx):
                 # Other processes hold the cores another instance would need, and they (a client on this machine
                 # among them) queue for the CPU behind Triton's busy instances, which Triton's own latency does not
                 # show: a cheaper variant is the capacity left.

@@ -47,7 +47,8 @@ def usable_cores(ctx: Context, w: Window | None = None) -> int:
     """
     if ctx.kind != "cpu" or w is None or w.cpu_other_cores is None:
         return ctx.cores
-    free = ctx.cores - w.cpu_other_cores
+    machine = w.cpu_machine_cores or ctx.cores  # the neighbours' share is of the machine's cores, not of --cores
+    free = min(ctx.cores, machine - w.cpu_other_cores)
     return max(1, min(ctx.cores, int(free + 1 - SHARED_CORE_FREE_SHARE)))
 
 

@@ -168,6 +168,9 @@ class Proposal:
     rule: Rule
     reason: str
 
+    def __post_init__(self) -> None:  # a policy of one's own may give the plain strings
+        object.__setattr__(self, "direction", Direction(self.direction))
+
 
 @dataclass(frozen=True)
 class Decision:

@@ -33,6 +33,7 @@ def test_other_cores_are_machine_busy_time_less_triton_and_its_stubs(tmp_path):
     write(tmp_path, 2 * HZ, second, {10: (1, HZ // 2), 11: (10, HZ // 2), 99: (1, HZ)})
     share = s.sample()
     assert abs(share.other_cores - 1.0) < 0.05 and abs(share.triton_cores - 1.0) < 0.05
+    assert share.machine_cores == CORES
 
 
 def test_no_local_triton_means_not_measured(tmp_path):

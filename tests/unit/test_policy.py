@@ -551,20 +551,22 @@ def test_cores_other_processes_keep_busy_are_not_given_to_instances():
     assert clamp(rogue, DEFAULT, win(2.0), c, CFG.guards).instances == 2  # unknown (a remote Triton): all cores
 
 
-def _saturated(rate: float, triton_cores: float | None, pending: float = 400) -> Window:
-    return win(10.0, latency_ms=900.0, util=1.0, rate=rate, pending_requests=pending, cpu_triton_cores=triton_cores)
+def _saturated(rate: float, triton_cores: float | None, other_cores: float = 0.1, pending: float = 400) -> Window:
+    cpu = {} if triton_cores is None else {"cpu_triton_cores": triton_cores, "cpu_other_cores": other_cores}
+    return win(10.0, latency_ms=900.0, util=1.0, rate=rate, pending_requests=pending, cpu_machine_cores=2, **cpu)
 
 
 @pytest.mark.parametrize(
-    ("after_rate", "after_cores", "verdict"),
+    ("after_rate", "after_cores", "after_other", "verdict"),
     [
-        (330.0, 1.0, "better"),  # a neighbour took a core; each core Triton kept served 57% more
-        (330.0, 1.9, "worse"),  # the same cores served less: the action itself cost capacity
-        (330.0, None, "worse"),  # CPU unmeasured (a remote Triton): the rate alone decides, as before
-        (470.0, 1.9, "better"),
+        (330.0, 1.0, 1.0, "better"),  # a neighbour took a core; each core Triton kept served 57% more
+        (330.0, 1.9, 0.1, "worse"),  # the same cores served less: the action itself cost capacity
+        (330.0, 1.0, 0.1, "worse"),  # Triton left CPU idle and served less: the config's doing, not a neighbour's
+        (330.0, None, 0.0, "worse"),  # CPU unmeasured (a remote Triton): the rate alone decides, as before
+        (470.0, 1.9, 0.1, "better"),
     ],
 )
-def test_under_a_backlog_the_service_rate_is_judged_per_core_triton_had(after_rate, after_cores, verdict):
+def test_under_a_backlog_the_service_rate_is_judged_per_core_triton_had(after_rate, after_cores, after_other, verdict):
     """A right action on a shared machine: batching under a backlog while a neighbour starts and takes a core.
     The service rate falls, but per core Triton had it rose: that is no regression."""
     from orchestrator.policy import Pending, judge
@@ -572,7 +574,27 @@ def test_under_a_backlog_the_service_rate_is_judged_per_core_triton_had(after_ra
     before = _saturated(400.0, None if after_cores is None else 1.9)
     batched = ServingConfig("fp32", 1, 2, True, 1000)
     p = Pending(before=DEFAULT, after=batched, rule="enable-dynamic-batching", applied_s=10.0, before_window=before)
-    assert judge(before, _saturated(after_rate, after_cores, pending=390), p, ctx(), CFG) == verdict
+    after = _saturated(after_rate, after_cores, after_other, pending=390)
+    assert judge(before, after, p, ctx(), CFG) == verdict
+
+
+def test_a_neighbours_cap_never_takes_an_instance_away_inside_another_action():
+    """Two instances serve; a neighbour now leaves one core. A longer delay keeps both instances (only a down rule
+    removes one), and no new instance is added."""
+    two = ServingConfig("fp32", 2, 1, True, 1000)
+    w = win(2.0, cpu_other_cores=1.1, cpu_machine_cores=2)
+    assert clamp(replace(two, max_queue_delay_us=2000), two, w, ctx(), CFG.guards).instances == 2
+    four = Context(objective=Objective(SLO, 0.97), variants=VARIANTS, cores=4, max_instances=4, headroom=False)
+    w4 = win(2.0, cpu_other_cores=3.0, cpu_machine_cores=4)  # one core left
+    assert clamp(replace(two, instances=3), two, w4, four, CFG.guards).instances == 2
+
+
+def test_neighbours_are_a_share_of_the_machine_not_of_the_cores_given_to_triton():
+    from orchestrator.policy import usable_cores
+
+    c = Context(objective=Objective(SLO), variants=VARIANTS, cores=4)  # --cores 4 on a 16-core machine
+    assert usable_cores(c, win(2.0, cpu_other_cores=8.0, cpu_machine_cores=16)) == 4
+    assert usable_cores(c, win(2.0, cpu_other_cores=14.0, cpu_machine_cores=16)) == 2
 
 
 @pytest.mark.parametrize(("other", "usable"), [(None, 2), (0.0, 2), (0.4, 2), (0.7, 2), (0.8, 1), (1.1, 1), (3.0, 1)])
