@@ -274,3 +274,17 @@ def test_grafana_provisioning_points_at_prometheus_and_the_dashboard(services):
     boards = yaml.safe_load((DOCKER / "grafana" / "provisioning" / "dashboards" / "tritune.yml").read_text())
     path = boards["providers"][0]["options"]["path"]
     assert f"./docker/grafana/dashboards:{path}:ro" in services["grafana"]["volumes"]
+
+
+def test_every_image_that_installs_tritune_copies_every_package():
+    """`pip install .` in an image succeeds without a package folder and the console command then fails at run
+    time: every package pyproject.toml lists must be copied in."""
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = [p.rstrip("*") for p in include]
+    for dockerfile in DOCKER.glob("Dockerfile*"):
+        text = dockerfile.read_text()
+        if "pip install" in text and "COPY pyproject.toml" in text:
+            missing = [p for p in packages if f"COPY {p} ./{p}" not in text]
+            assert not missing, f"{dockerfile.name} does not copy {missing}"
