@@ -39,10 +39,13 @@ SLO_MS = 100.0
 # config drains it within the test (every reload under it also risks Triton 2.51's abort). 1.1 × the default's
 # closed-loop throughput at concurrency 8 is a first guess; on a busy machine the closed-loop clients themselves are
 # slowed and the guess can fall below what the default holds open loop, so it is checked open loop and raised until
-# the default misses the SLO: the test's premise is measured, not assumed.
+# the default misses the SLO clearly (p99 over 1.5 × the SLO): at the edge of the default's capacity one window
+# misses and the next holds, and the test's premise — the default cannot hold this load — must be measured, not
+# assumed.
 OVERLOAD_FACTOR = 1.1
 OVERLOAD_RAISE = 1.2
 OVERLOAD_TRIES = 4
+CLEAR_MISS = 1.5
 
 
 def overload_per_s(server: TritonServer, held_out) -> float:
@@ -60,7 +63,8 @@ def overload_per_s(server: TritonServer, held_out) -> float:
     for _ in range(OVERLOAD_TRIES):
         probe = OpenLoopLoad(server.grpc_url, "cnn", held_out[0], held_out[1]).run(4, constant(rate))
         OpenLoopLoad(server.grpc_url, "cnn", held_out[0]).run(3, constant(2))  # let what it queued drain
-        if not probe.windows(4.0, SLO_MS)[0]["slo_met"]:
+        w = probe.windows(4.0, SLO_MS)[0]
+        if w["failures"] or (w["p99_ms"] or 0.0) > CLEAR_MISS * SLO_MS:
             return round(rate)
         rate *= OVERLOAD_RAISE
     raise AssertionError(f"the default config held {rate / OVERLOAD_RAISE:.0f}/s: no overload found to test with")
