@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,7 +18,9 @@ class TritonAborted(Exception):
 
 
 @contextmanager
-def triton_abort_is_inconclusive(*servers: TritonServer | list[TritonServer]) -> Iterator[None]:
+def triton_abort_is_inconclusive(
+    *servers: TritonServer | list[TritonServer], stalled: Callable[[], bool] | None = None
+) -> Iterator[None]:
     """A failure in a run where tritonserver aborted is re-raised as :class:`TritonAborted`, which
     ``@pytest.mark.flaky(reruns=5, only_rerun=["TritonAborted"])`` reruns, and nothing else is.
 
@@ -35,6 +37,9 @@ def triton_abort_is_inconclusive(*servers: TritonServer | list[TritonServer]) ->
     except Exception as exc:
         flat = [x for s in servers for x in (s if isinstance(s, list) else [s])]
         fatal = next((f for f in (x.fatal_error() for x in flat) if f), None)
+        if fatal is None and stalled is not None and stalled():
+            # The same bug's other face: the process lives on and answers /metrics but completes no request.
+            fatal = "tritonserver stopped completing requests (the orchestrator logged triton-stalled)"
         if fatal is None:
             raise
         raise TritonAborted(f"tritonserver aborted during the run ({fatal}); the test failed with: {exc!r}") from exc

@@ -70,7 +70,12 @@ def overload_per_s(server: TritonServer, held_out) -> float:
     raise AssertionError(f"the default config held {rate / OVERLOAD_RAISE:.0f}/s: no overload found to test with")
 
 
-def make_orchestrator(server: TritonServer, repository, log_path) -> Orchestrator:
+def stalled(orchestrators: list[Orchestrator]):
+    """For triton_abort_is_inconclusive: did an orchestrator of this test see Triton stop completing requests?"""
+    return lambda: any(r["event"] == "triton-stalled" for o in orchestrators for r in o.history)
+
+
+def make_orchestrator(server: TritonServer, repository, log_path, registry: list | None = None) -> Orchestrator:
     variants = variants_from_manifest(Manifest.read(repository))
     # Headroom off: from Triton's default the ladder itself must reach a config that holds the overload.
     ctx = Context(objective=Objective(SLO_MS, 0.0), variants=variants, cores=2, max_batch_size=64, headroom=False)
@@ -84,7 +89,10 @@ def make_orchestrator(server: TritonServer, repository, log_path) -> Orchestrato
     )
     # gRPC: the orchestrator runs in its own thread and tritonclient.http (gevent) is bound to its creating thread.
     client = InferenceClient(server.grpc_url, "grpc", admin_key=ADMIN_KEY, timeout_s=120)
-    return Orchestrator(Applier(client, "cnn"), ctx, options)
+    orch = Orchestrator(Applier(client, "cnn"), ctx, options)
+    if registry is not None:
+        registry.append(orch)
+    return orch
 
 
 @pytest.fixture
@@ -98,12 +106,13 @@ def fresh_server(quick_repository, server_cache):
 def test_reaches_a_config_that_holds_the_slo_where_the_default_could_not(
     fresh_server, quick_repository, held_out, tmp_path
 ):
-    with triton_abort_is_inconclusive(fresh_server):
-        reaches_a_config_that_holds_the_slo(fresh_server, quick_repository, held_out, tmp_path)
+    orchestrators: list[Orchestrator] = []
+    with triton_abort_is_inconclusive(fresh_server, stalled=stalled(orchestrators)):
+        reaches_a_config_that_holds_the_slo(fresh_server, quick_repository, held_out, tmp_path, orchestrators)
 
 
-def reaches_a_config_that_holds_the_slo(server, quick_repository, held_out, tmp_path):
-    orch = make_orchestrator(server, quick_repository, tmp_path / "decisions.jsonl")
+def reaches_a_config_that_holds_the_slo(server, quick_repository, held_out, tmp_path, registry):
+    orch = make_orchestrator(server, quick_repository, tmp_path / "decisions.jsonl", registry)
     assert orch.applier.current()[1] == ServingConfig("fp32")  # Triton's default: 1 instance, no batching
     overload = overload_per_s(server, held_out)
     loop = threading.Thread(target=orch.run, args=(45,))
@@ -150,15 +159,16 @@ def test_survives_a_triton_restart_and_reapplies_the_last_good_config(
     quick_repository, server_cache, held_out, tmp_path
 ):
     servers: list[TritonServer] = []
-    with triton_abort_is_inconclusive(servers):
-        survives_a_triton_restart(servers, quick_repository, server_cache, held_out, tmp_path)
+    orchestrators: list[Orchestrator] = []
+    with triton_abort_is_inconclusive(servers, stalled=stalled(orchestrators)):
+        survives_a_triton_restart(servers, quick_repository, server_cache, held_out, tmp_path, orchestrators)
 
 
-def survives_a_triton_restart(servers, quick_repository, server_cache, held_out, tmp_path):
+def survives_a_triton_restart(servers, quick_repository, server_cache, held_out, tmp_path, registry):
     srv = start_server(quick_repository, server_cache, ("cnn",))
     servers.append(srv)
     ports = {"http_port": srv.http_port, "grpc_port": srv.grpc_port, "metrics_port": srv.metrics_port}
-    orch = make_orchestrator(srv, quick_repository, tmp_path / "decisions.jsonl")
+    orch = make_orchestrator(srv, quick_repository, tmp_path / "decisions.jsonl", registry)
     overload = overload_per_s(srv, held_out)
     loop = threading.Thread(target=orch.run, args=(60,))
     loop.start()
