@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
-from orchestrator.loop import LoopOptions, Orchestrator
+from orchestrator.fleet import DnsReplicas, Fleet, FrontDoorLatency, StaticReplicas
+from orchestrator.loop import LoopOptions, Orchestrator, scrape
 from orchestrator.nvml import guard_inputs, read_gpus
 from orchestrator.policy import Context, ControllerConfig, GuardConfig, Objective, variants_from_manifest
 from tritune.apply import Applier
 from tritune.client import InferenceClient, variant_versions
-from tritune.errors import ConfigError
+from tritune.errors import ConfigError, ServerUnavailableError, TrituneError
+from tritune.fleet import FleetFile, parse_replica
+from tritune.frontdoor import LATENCY_LABELS, LATENCY_METRIC
 from tritune.manifest import Manifest
 from tritune.server import admin_key
 from tritune.settings import options_from_args
@@ -40,13 +43,23 @@ class OrchestrateOptions:
     metrics_port: int = 9100
     metrics_host: str = "127.0.0.1"
     kind: str = "cpu"
-    cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+    cores: int = 0  # 0: the fleet file's cores_per_replica, else this machine's
     gpu_memory_per_instance_mb: float = 0.0
     max_instances: int = _CONTEXT_DEFAULTS["max_instances"]
     headroom: bool = _CONTEXT_DEFAULTS["headroom"]
     upscale_delay_s: float = _GUARDS.upscale_delay_s
     downscale_delay_s: float = _GUARDS.downscale_delay_s
     cooldown_s: float = _GUARDS.cooldown_s
+    fleet: Path | None = None
+    replica: tuple[str, ...] = ()
+    replicas_dns: str = ""
+    dns_grpc_port: int = 8001
+    dns_metrics_port: int = 8002
+    replica_judge_s: float = 2.0
+    front_door_metrics_url: str = ""
+    latency_metric: str = LATENCY_METRIC
+    latency_labels: str = ",".join(f"{k}={v}" for k, v in LATENCY_LABELS.items())
+    status_interval_s: float = 5.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -77,6 +90,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.admin_key_file,
         help="admin key file, unless TRITUNE_ADMIN_KEY is set",
     )
+    g = p.add_argument_group("fleet (docs/fleet.md); without one, the single Triton at --url")
+    g.add_argument("--fleet", type=Path, default=d.fleet, help="fleet file written by `tritune serve --replicas N`")
+    g.add_argument(
+        "--replica",
+        action="append",
+        default=list(d.replica),
+        metavar="GRPC_URL,METRICS_URL",
+        help="a replica, addressed directly; repeat for each",
+    )
+    g.add_argument(
+        "--replicas-dns",
+        default=d.replicas_dns,
+        metavar="NAME",
+        help="find the replicas as every address NAME resolves to, every tick (a headless Service, a compose "
+        "service scaled with --scale)",
+    )
+    g.add_argument("--dns-grpc-port", type=int, default=d.dns_grpc_port, help="(default: %(default)s)")
+    g.add_argument("--dns-metrics-port", type=int, default=d.dns_metrics_port, help="(default: %(default)s)")
+    g.add_argument(
+        "--replica-judge-s",
+        type=float,
+        default=d.replica_judge_s,
+        help="a rolling change waits this long on each replica before the next (default: %(default)s)",
+    )
+    g.add_argument(
+        "--front-door-metrics-url",
+        default=d.front_door_metrics_url,
+        help="the front door's /metrics with its request-duration histogram: the end-to-end SLO signal "
+        "(default: the fleet file's, else none)",
+    )
+    g.add_argument("--latency-metric", default=d.latency_metric, help="histogram name, seconds (default: %(default)s)")
+    g.add_argument(
+        "--latency-labels",
+        default=d.latency_labels,
+        help="label matcher k=v,... selecting the proxied requests (default: %(default)s)",
+    )
     g = p.add_argument_group("loop")
     g.add_argument(
         "--interval-s", type=float, default=d.interval_s, help="scrape and decide every (default: %(default)s)"
@@ -87,6 +136,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--metrics-port", type=int, default=d.metrics_port, help="own /metrics port; 0 = off (default: %(default)s)"
     )
     g.add_argument(
+        "--status-interval-s",
+        type=float,
+        default=d.status_interval_s,
+        help="print a status line this often; 0 = never (default: %(default)s)",
+    )
+    g.add_argument(
         "--metrics-host",
         default=d.metrics_host,
         help="address of the own /metrics; 0.0.0.0 only inside a private network, e.g. compose (default: %(default)s)",
@@ -95,7 +150,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--kind", choices=("cpu", "gpu"), default=d.kind, help="what Triton's instances run on (default: %(default)s)"
     )
-    g.add_argument("--cores", type=int, default=d.cores, help="CPU cores Triton may use (default: this machine's)")
+    g.add_argument(
+        "--cores",
+        type=int,
+        default=d.cores,
+        help="CPU cores each Triton may use; 0: the fleet file's cores_per_replica, else this machine's "
+        "(default: %(default)s)",
+    )
     g.add_argument(
         "--gpu-memory-per-instance-mb",
         type=float,
@@ -144,23 +205,100 @@ def context_from_manifest(
 def validate(args: OrchestrateOptions) -> None:
     if args.interval_s <= 0:
         raise ConfigError(f"--interval-s must be > 0, got {args.interval_s}")
-    if args.cores < 1 or args.max_instances < 1:
-        raise ConfigError("--cores and --max-instances must be at least 1")
+    if args.cores < 0 or args.max_instances < 1:
+        raise ConfigError("--cores must be at least 0 (0: auto) and --max-instances at least 1")
+    if args.replica_judge_s < 0 or args.status_interval_s < 0:
+        raise ConfigError("--replica-judge-s and --status-interval-s must be >= 0")
+    given = [bool(args.fleet), bool(replica_specs(args.replica)), bool(args.replicas_dns)]
+    if sum(given) > 1:
+        raise ConfigError("give the replicas one way: --fleet, --replica or --replicas-dns")
+    parse_labels(args.latency_labels)
     for name in ("upscale_delay_s", "downscale_delay_s", "cooldown_s", "duration_s", "gpu_memory_per_instance_mb"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
 
 
+def replica_specs(value: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
+    """``--replica`` values; from a config file or the environment, several separated by spaces or ';'."""
+    if isinstance(value, str):
+        value = value.replace(";", " ").split()
+    return tuple(v for v in value if v)
+
+
+def parse_labels(spec: str) -> dict[str, str]:
+    labels = {}
+    for item in (x.strip() for x in spec.split(",")):
+        if not item:
+            continue
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--latency-labels {spec!r}: {item!r} is not key=value; e.g. handler=reverse_proxy")
+        labels[key.strip()] = value.strip().strip('"')
+    return labels
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where the replicas and the front door are, from the options and the fleet file."""
+
+    fleet: Fleet | None
+    front_door: FrontDoorLatency | None
+    client: InferenceClient  # one replica's, to read the model's config and variants at start
+    cores: int
+
+
+def topology(args: OrchestrateOptions, key: str) -> Topology:
+    cores_hint = None
+    front_door_url = args.front_door_metrics_url
+    source = None
+    if args.fleet:
+        spec = FleetFile.read(args.fleet)
+        source, cores_hint = StaticReplicas(spec.replicas), spec.cores_per_replica
+        front_door_url = front_door_url or (spec.front_door.metrics_url if spec.front_door else "")
+    elif specs := replica_specs(args.replica):
+        source = StaticReplicas(tuple(parse_replica(s, i) for i, s in enumerate(specs)))
+    elif args.replicas_dns:
+        source = DnsReplicas(args.replicas_dns, args.dns_grpc_port, args.dns_metrics_port)
+    cores = args.cores or cores_hint or os.cpu_count() or 1
+    front_door = (
+        FrontDoorLatency(front_door_url, args.latency_metric, parse_labels(args.latency_labels))
+        if front_door_url
+        else None
+    )
+    if source is None:
+        client = InferenceClient(args.url, "grpc", timeout_s=120, admin_key=key)
+        return Topology(None, front_door, client, cores)
+    replicas = source.replicas()
+    if not replicas:
+        why = getattr(source, "error", None) or "no replica given"
+        raise ConfigError(f"{why}; check the fleet file, --replica or --replicas-dns")
+    fleet = Fleet(source, args.model, key, scrape=scrape, log=lambda *a, **k: None, judge_s=args.replica_judge_s)
+    # The first replica that answers tells the model's config; one that does not answer is said so in one line.
+    last = None
+    for r in replicas:
+        client = InferenceClient(r.grpc_url, "grpc", timeout_s=10, admin_key=key)
+        try:
+            client.model_config(args.model)
+        except TrituneError as exc:
+            last = exc
+            client.close()
+            continue
+        return Topology(fleet, front_door, client, cores)
+    raise ServerUnavailableError(f"no replica answers ({last}); start them (`tritune serve --replicas N`) first")
+
+
 def build(args: OrchestrateOptions) -> Orchestrator:
     validate(args)
     objective = Objective(args.slo_p99_ms, args.accuracy_floor)
-    client = InferenceClient(args.url, "grpc", timeout_s=120, admin_key=admin_key(args.admin_key_file))
+    key = admin_key(args.admin_key_file)
+    topo = topology(args, key)
+    client = topo.client
     config = client.model_config(args.model)
     ctx = context_from_manifest(
         args.repository,
         variant_versions(config),
         objective,
-        args.cores,
+        topo.cores,
         args.max_instances,
         config.max_batch_size,
         kind=args.kind,
@@ -178,8 +316,12 @@ def build(args: OrchestrateOptions) -> Orchestrator:
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         controller=ControllerConfig(guards=guards),
+        status_interval_s=args.status_interval_s,
     )
-    return Orchestrator(Applier(client, args.model), ctx, options)
+    orch = Orchestrator(Applier(client, args.model), ctx, options, fleet=topo.fleet, front_door=topo.front_door)
+    if topo.fleet is not None:
+        topo.fleet.log = orch.log  # each replica's apply goes to the decision log
+    return orch
 
 
 def gpu_memory_per_instance_bytes(args: OrchestrateOptions, instances: int) -> float:
@@ -207,8 +349,15 @@ def run(ns: argparse.Namespace) -> int:
     orch = build(args)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: orch.stop())
+    where = (
+        f"the fleet in {args.fleet}"
+        if args.fleet
+        else f"{len(orch.fleet.replicas) or 'the'} replicas"
+        if orch.fleet is not None
+        else args.url
+    )
     print(
-        f"orchestrating {args.model} at {args.url}: p99 ≤ {args.slo_p99_ms:g} ms, top-1 ≥ {args.accuracy_floor}; "
+        f"orchestrating {args.model} at {where}: p99 ≤ {args.slo_p99_ms:g} ms, top-1 ≥ {args.accuracy_floor}; "
         f"decisions → {args.decision_log}"
         + (f", metrics on {args.metrics_host}:{args.metrics_port}" if args.metrics_port else ""),
         flush=True,

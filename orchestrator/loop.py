@@ -23,6 +23,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from orchestrator.cpu import CpuSampler, CpuShare
+from orchestrator.fleet import Fleet, FrontDoorLatency, LatencyWindow, with_end_to_end
 from orchestrator.metrics import Snapshot, Window, parse_metrics, window
 from orchestrator.nvml import NvmlReader, guard_inputs
 from orchestrator.policy import (
@@ -73,7 +74,15 @@ class OrchestratorMetrics:
         self.windows = Counter("tritune_windows", "Windows observed with traffic", registry=r)
         self.windows_ok = Counter("tritune_windows_slo_met", "Windows with traffic that met the SLO", registry=r)
         self.slo = Gauge("tritune_slo_p99_latency_ms", "The p99 latency SLO", registry=r)
-        self.p99 = Gauge("tritune_window_p99_latency_ms", "Triton's p99 request latency (summary)", registry=r)
+        self.p99 = Gauge(
+            "tritune_window_p99_latency_ms",
+            "The p99 the policy judged: end to end through the front door where there is one, else Triton's summary",
+            registry=r,
+        )
+        self.e2e_p99 = Gauge(
+            "tritune_window_e2e_p99_latency_ms", "End-to-end p99 from the front door's histogram", registry=r
+        )
+        self.replicas = Gauge("tritune_fleet_replicas", "Replicas in the last window", registry=r)
         self.mean = Gauge("tritune_window_avg_latency_ms", "Mean request latency in the last window", registry=r)
         self.throughput = Gauge("tritune_window_throughput_infer_per_s", "Images per second", registry=r)
         self.attainment = Gauge(
@@ -110,6 +119,8 @@ class LoopOptions:
     # A hold is logged with its window when its rule changes and otherwise at most this often: a run in which the
     # controller did nothing can be explained afterwards, at a few records a minute.
     hold_log_interval_s: float = 10.0
+    status_interval_s: float = 0.0  # print a status line this often; 0: never
+    status: Callable[[str], None] = field(default=lambda line: print(line, flush=True), repr=False)
 
 
 class Orchestrator:
@@ -121,8 +132,16 @@ class Orchestrator:
         policy: Policy | None = None,
         clock: Callable[[], float] = time.monotonic,
         metrics: OrchestratorMetrics | None = None,
+        fleet: Fleet | None = None,
+        front_door: FrontDoorLatency | None = None,
     ):
-        self.applier, self.ctx, self.options = applier, ctx, options
+        """``fleet``: tune N replicas (it is then also the applier); ``front_door``: read the SLO end to end."""
+        self.applier, self.ctx, self.options = (fleet if fleet is not None else applier), ctx, options
+        self.fleet, self.front_door = fleet, front_door
+        self._front_door_failed = False
+        self._buckets_checked = False
+        self._last_status_s = float("-inf")
+        self._last_decision: str | None = None
         self.policy = policy or RulePolicy()
         self.clock = clock
         self.metrics = metrics or OrchestratorMetrics()
@@ -143,7 +162,7 @@ class Orchestrator:
         self._cpu: CpuSampler | None = None
         self._cpu_failed = False
         metrics_at = urllib.parse.urlsplit(options.metrics_url)
-        if ctx.kind == "cpu" and metrics_at.hostname in ("127.0.0.1", "localhost", "::1"):
+        if fleet is None and ctx.kind == "cpu" and metrics_at.hostname in ("127.0.0.1", "localhost", "::1"):
             # A Triton on this host: measure what the other processes leave it (orchestrator/cpu.py).
             pid = options.server_pids[0] if options.server_pids else None
             self._cpu = CpuSampler(metrics_port=metrics_at.port, pid=pid)
@@ -175,25 +194,61 @@ class Orchestrator:
     def tick(self) -> Decision | None:
         """Scrape once and act on the window since the previous scrape; None when there is no window yet."""
         now = self.clock()
+        w = self._fleet_window(now) if self.fleet is not None else self._single_window(now)
+        e2e = self._end_to_end()  # with every tick, so that each window has its own bucket deltas
+        if w is None:
+            return None
+        w = with_end_to_end(w, e2e)
+        self._observe(w)
+        decision, self.state = step(w, self.current, self.state, self.ctx, self.policy, self.options.controller, now)
+        if decision.rule == "stalled" and self._last_rule != "stalled":  # once per stall, not every tick
+            self.log("triton-stalled", reason=decision.reason, window=w.summary())
+        if decision.action == Action.HOLD and (
+            decision.rule != self._last_rule or now - self._last_hold_log_s >= self.options.hold_log_interval_s
+        ):
+            self._last_hold_log_s = now
+            self.log(
+                "hold", rule=decision.rule, reason=decision.reason, config=self.current.describe(), window=w.summary()
+            )
+        self._last_rule = decision.rule
+        if decision.verified:
+            self.log("verified", **decision.verified)
+        if decision.changes:
+            self._act(decision, w, now)
+            self._last_decision = f"{decision.action} {decision.rule}"
+        self._status(w, now)
+        return decision
+
+    def _status(self, w: Window, now: float) -> None:
+        """One line every ``status_interval_s``: load, p99 end to end and on Triton, config, last decision."""
+        every = self.options.status_interval_s
+        if not every or now - self._last_status_s < every:
+            return
+        self._last_status_s = now
+        triton_p99 = w.triton_p99_latency_ms if w.e2e_p99_latency_ms is not None else w.p99_latency_ms
+
+        def ms(v: float | None) -> str:
+            return f"{v:.1f} ms" if v is not None else "-"
+
+        line = (
+            f"[{datetime.now(UTC):%H:%M:%S}] {w.request_rate_per_s:.0f} req/s {w.throughput_infer_per_s:.0f} img/s"
+            f" | p99 e2e {ms(w.e2e_p99_latency_ms)} triton {ms(triton_p99)} (SLO {self.ctx.objective.p99_latency_ms:g})"
+            f" | {self.current.describe() if self.current else '?'}"
+            + (f" × {w.replicas} replicas" if self.fleet is not None else "")
+            + f" | last: {self._last_decision or 'none'}"
+        )
+        self.options.status(line)
+
+    def _single_window(self, now: float) -> Window | None:
         try:
             text = scrape(self.options.metrics_url)
             try:
                 snap = parse_metrics(text, now)
             except ValueError as exc:
                 raise ServerUnavailableError(f"malformed metrics from {self.options.metrics_url} ({exc})") from exc
-            if self.current is None:
-                self.current = self.applier.current()[1]
-                self.metrics.show_config(self.current, self.ctx)
-                self.log(
-                    "start",
-                    config=self.current.describe(),
-                    slo_p99_ms=self.ctx.objective.p99_latency_ms,
-                    accuracy_floor=self.ctx.objective.accuracy_floor,
-                )
+            self._start()
         except TrituneError as exc:
-            self.metrics.scrape_failures.inc()
-            self.backoff_s = min(max(self.backoff_s * 2, self.options.interval_s), self.options.max_backoff_s)
-            self.log("triton-unreachable", error=str(exc), retry_in_s=self.backoff_s)
+            self._unreachable(exc)
             return None
         if self.backoff_s:
             self.log("triton-reachable-again")
@@ -226,23 +281,69 @@ class Orchestrator:
                     w = replace(w, restarted=True)
                 else:
                     self._suspect_restart = False
-        self._observe(w)
-        decision, self.state = step(w, self.current, self.state, self.ctx, self.policy, self.options.controller, now)
-        if decision.rule == "stalled" and self._last_rule != "stalled":  # once per stall, not every tick
-            self.log("triton-stalled", reason=decision.reason, window=w.summary())
-        if decision.action == Action.HOLD and (
-            decision.rule != self._last_rule or now - self._last_hold_log_s >= self.options.hold_log_interval_s
-        ):
-            self._last_hold_log_s = now
-            self.log(
-                "hold", rule=decision.rule, reason=decision.reason, config=self.current.describe(), window=w.summary()
-            )
-        self._last_rule = decision.rule
-        if decision.verified:
-            self.log("verified", **decision.verified)
-        if decision.changes:
-            self._act(decision, w, now)
-        return decision
+        return w
+
+    def _fleet_window(self, now: float) -> Window | None:
+        """The fleet's window (orchestrator/fleet.py): a replica that restarts or stops answering drops out and gets
+        the fleet config back when it answers, so the fleet window itself never says "restarted"."""
+        self.fleet.refresh()
+        try:
+            self._start()
+        except TrituneError as exc:
+            self._unreachable(exc)
+            return None
+        if self.backoff_s:
+            self.log("triton-reachable-again")
+            self.backoff_s = 0.0
+        return self.fleet.scrape(now)
+
+    def _start(self) -> None:
+        """Read what Triton serves at the first successful contact, and log the start."""
+        if self.current is not None:
+            return
+        self.current = self.applier.current()[1]
+        self.metrics.show_config(self.current, self.ctx)
+        self.log(
+            "start",
+            config=self.current.describe(),
+            slo_p99_ms=self.ctx.objective.p99_latency_ms,
+            accuracy_floor=self.ctx.objective.accuracy_floor,
+            replicas=sorted(self.fleet.replicas) if self.fleet is not None else None,
+            front_door=self.front_door.metrics_url if self.front_door is not None else None,
+        )
+
+    def _unreachable(self, exc: TrituneError) -> None:
+        self.metrics.scrape_failures.inc()
+        self.backoff_s = min(max(self.backoff_s * 2, self.options.interval_s), self.options.max_backoff_s)
+        self.log("triton-unreachable", error=str(exc), retry_in_s=self.backoff_s)
+
+    def _end_to_end(self) -> LatencyWindow | None:
+        """This window's end-to-end latency from the front door, or None (none configured, first scrape, or it did
+        not answer: the policy then reads Triton's own p99, said once per outage)."""
+        if self.front_door is None:
+            return None
+        try:
+            e2e = self.front_door.sample(scrape, self.ctx.objective.p99_latency_ms)
+        except (TrituneError, ValueError) as exc:
+            if not self._front_door_failed:
+                self._front_door_failed = True
+                self.log("front-door-unreachable", error=str(exc), fallback="Triton's own p99")
+            return None
+        if self._front_door_failed:
+            self._front_door_failed = False
+            self.log("front-door-reachable-again")
+        if not self._buckets_checked:
+            self._buckets_checked = True
+            between = self.front_door.bucket_around(self.ctx.objective.p99_latency_ms)
+            if between is not None:
+                self.log(
+                    "slo-between-buckets",
+                    slo_p99_ms=self.ctx.objective.p99_latency_ms,
+                    bucket_ms=list(between),
+                    note="the end-to-end p99 inside this bucket is interpolated linearly; an SLO on a bucket bound "
+                    "is judged exactly",
+                )
+        return e2e
 
     def _cpu_sample(self) -> CpuShare | None:
         """The CPU shares, or None: a failed read of /proc must not stop the loop (the policy then assumes every
@@ -287,6 +388,9 @@ class Orchestrator:
             self.metrics.attainment.set(self._windows_ok / self._windows)
         if w.p99_latency_ms is not None:
             self.metrics.p99.set(w.p99_latency_ms)
+        if w.e2e_p99_latency_ms is not None:
+            self.metrics.e2e_p99.set(w.e2e_p99_latency_ms)
+        self.metrics.replicas.set(w.replicas)
         self.metrics.mean.set(w.avg_latency_ms)
         self.metrics.throughput.set(w.throughput_infer_per_s)
         if self.ctx.kind == "cpu":
@@ -359,6 +463,8 @@ class Orchestrator:
         self._stop.set()
 
     def close(self) -> None:
+        if self.fleet is not None:
+            self.fleet.close()
         if self._nvml is not None:
             self._nvml.close()
             self._nvml = None

@@ -133,6 +133,17 @@ class Window:
     restarted: bool = False
     model_missing: bool = False
     versions: int = 1  # versions of the model serving or draining (2 while an old variant drains its queue)
+    # A fleet (orchestrator/fleet.py): the replicas summed into this window, and each one's pending requests;
+    # ``pending_requests`` is then the worst replica's, busy time is shared over replicas × instances.
+    replicas: int = 1
+    replica_pending: tuple[tuple[str, float], ...] = ()
+    # The front door's end-to-end latency (its histogram's bucket deltas over this window). Where it has traffic
+    # ``p99_latency_ms`` is the end-to-end p99, and Triton's own summary p99 moves here as a cross-check.
+    triton_p99_latency_ms: float | None = None
+    e2e_requests: float = 0.0
+    e2e_p99_latency_ms: float | None = None
+    e2e_avg_latency_ms: float | None = None
+    e2e_within_slo: float | None = None  # share of front-door requests within the SLO
 
     @property
     def interval_s(self) -> float:
@@ -145,6 +156,7 @@ class Window:
 
     def summary(self) -> dict:
         out = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        out["replica_pending"] = {name: round(v, 1) for name, v in self.replica_pending}
         out["interval_s"] = round(self.interval_s, 3)
         out["failure_rate"] = round(self.failure_rate, 5)
         return out

@@ -40,3 +40,41 @@ def window_stats(latencies_ms: Sequence[float] | np.ndarray, failures: int, slo_
 def share_met(windows: Sequence[dict]) -> float | None:
     """Share of windows (dicts with ``slo_met``) that met the SLO; None for no windows."""
     return sum(1 for w in windows if w["slo_met"]) / len(windows) if windows else None
+
+
+def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
+    """The ``q``-quantile (0..1) of a histogram given as ``(upper_bound, cumulative_count)`` pairs sorted by bound,
+    the last bound ``inf``: linear interpolation inside the bucket that holds the rank, as Prometheus'
+    ``histogram_quantile`` does (the first bucket's lower bound is 0; a rank in the ``+Inf`` bucket returns the
+    highest finite bound). None for an empty histogram."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    total = buckets[-1][1]
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def histogram_share_within(bound: float, buckets: Sequence[tuple[float, float]]) -> float | None:
+    """Share of the histogram's observations at or below ``bound``, interpolated linearly inside the bucket that
+    straddles it (exact when ``bound`` is a bucket bound). None for an empty histogram."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    total = buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for upper, count in buckets:
+        if bound <= upper:
+            if upper == float("inf"):
+                return lower_count / total
+            inside = (bound - lower_bound) / (upper - lower_bound) if upper > lower_bound else 1.0
+            return (lower_count + (count - lower_count) * inside) / total
+        lower_bound, lower_count = upper, count
+    return 1.0

@@ -72,7 +72,7 @@ def utilization(w: Window, config: ServingConfig) -> float:
 
 def busy_share(w: Window, config: ServingConfig) -> float:
     """Execution time of the instances over the window's span, uncapped (a backlog can push it past 1)."""
-    return w.busy_s / max(w.interval_s * config.instances, 1e-9)
+    return w.busy_s / max(w.interval_s * config.instances * max(w.replicas, 1), 1e-9)
 
 
 def slo_met(w: Window, objective: Objective) -> bool:
@@ -86,11 +86,10 @@ def pressure(w: Window, config: ServingConfig, ctx: Context, t: Thresholds) -> P
     slo_ms = ctx.objective.p99_latency_ms
     if w.requests == 0 and w.pending_requests == 0:
         return None
-    if (
-        w.p99_latency_ms is not None
-        and w.p99_latency_ms > slo_ms
-        and w.avg_latency_ms > t.avg_fraction_over * slo_ms / 2
-    ):
+    # A p99 over the SLO counts while the mean is not tiny (one stray request must not trigger a reload); the mean
+    # is the end-to-end one where the p99 is, so that what clients wait outside Triton counts too.
+    mean_ms = w.e2e_avg_latency_ms if w.e2e_avg_latency_ms is not None else w.avg_latency_ms
+    if w.p99_latency_ms is not None and w.p99_latency_ms > slo_ms and mean_ms > t.avg_fraction_over * slo_ms / 2:
         return Pressure(PressureKind.P99, f"p99 {w.p99_latency_ms:.1f} ms > SLO {slo_ms:g} ms")
     if w.avg_latency_ms > t.avg_fraction_over * slo_ms:
         return Pressure(
