@@ -327,7 +327,7 @@ def main() -> None:
             "median": {
                 k: median([r[k] for r in kills])
                 for k in ("failed", "last_failure_after_kill_s", "config_back_after_ready_s")
-            },  # fmt: skip
+            },
             "runs": kills,
         }
         out["agreement"] = agreement(args, door)

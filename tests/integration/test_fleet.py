@@ -155,7 +155,7 @@ def test_a_rolling_change_under_open_loop_load_reaches_both_replicas_and_fails_n
 def test_the_histogram_p99_agrees_with_the_client_p99_within_one_bucket_in_every_window(fleet):
     """Closed-loop clients timing each call themselves (from the send, so the client's own scheduling lag is not
     counted) against the front door's histogram, both over the same 5-s windows."""
-    servers, door = fleet
+    _servers, door = fleet
     x = images(1)
     door_latency = FrontDoorLatency(door.metrics_url)
     windows, n_windows, window_s = [], 4, 5.0
