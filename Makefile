@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: install lint format test test-unit build demo bench clean
+.PHONY: install caddy lint format test test-unit build demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -13,7 +13,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed
+# The front door (docs/fleet.md) is Caddy from the OS's packages: installed when absent (as root, or with sudo).
+caddy:
+	@command -v caddy >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else \
+	    echo "error: Caddy is missing and this user cannot install it: run 'apt-get install caddy' as root" >&2; exit 1; fi; \
+	  command -v apt-get >/dev/null 2>&1 || { echo "error: Caddy is missing: install Caddy 2.6+ (https://caddyserver.com/docs/install)" >&2; exit 1; }; \
+	  echo "installing caddy (apt-get)"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq caddy >/dev/null; }
+	@caddy version
+
+install: $(VENV)/.installed caddy
 
 lint: install
 	$(VENV)/bin/ruff check .

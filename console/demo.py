@@ -1,6 +1,7 @@
 """``tritune demo``: the main job in one command, on the embedded default (CPU, local Triton, bundled data).
 
-build (if the repository has no manifest) → serve → [sweep] → orchestrate under a Locust step load → report.
+build (if the repository has no manifest) → serve (behind the front door) → [sweep] → orchestrate under a Locust
+step load, with the end-to-end p99 from the front door → report.
 
 Everything it starts (Triton and its stubs, Locust and its workers, the orchestrator) is stopped at the end, on
 an error and on Ctrl-C. The run folder keeps the Triton log, the decision log, Locust's CSV/HTML/JSON, the sweep
@@ -23,6 +24,7 @@ from loadtest.run import LoadTestOptions, new_run_dir, run_locust
 from loadtest.sweep_cli import SweepOptions
 from orchestrator.cli import OrchestrateOptions
 from tritune.errors import ConfigError, RepositoryError, ServerError
+from tritune.frontdoor import FrontDoor, FrontDoorSettings, Upstream
 from tritune.manifest import Manifest
 from tritune.server import ServerOptions, TritonServer, admin_key
 
@@ -57,6 +59,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="run a small sweep first (default: on, off with --quick)",
     )
     p.add_argument("--interval-s", type=float, default=2.0, help="orchestrator tick (default: %(default)s)")
+    p.add_argument(
+        "--front-door",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Locust through Caddy, whose histogram gives the orchestrator the end-to-end p99 (default: on)",
+    )
     p.add_argument("--out", type=Path, default=Path("runs"), help="parent of the run folder (default: %(default)s)")
 
 
@@ -96,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     run_dir = new_run_dir(args.out, "demo-quick" if args.quick else "demo")
     _say(f"tritune demo → {run_dir}")
-    server = orch = thread = None
+    server = orch = thread = door = None
     key_file = run_dir / "admin.key"
     try:
         manifest = ensure_repository(repository, args.quick, args.cache_dir)
@@ -115,6 +123,14 @@ def run(args: argparse.Namespace) -> int:
             )
         ).start()
         _say(f"Triton ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics {server.metrics_url}")
+        if args.front_door:
+            door = FrontDoor(
+                (Upstream("127.0.0.1", server.http_port, server.grpc_port),),
+                FrontDoorSettings(http_port=0, grpc_port=0, metrics_port=0, admin_port=0),
+                cache_dir=run_dir,
+            ).start()
+            _say(f"front door (Caddy) ready: HTTP {door.http_url}, gRPC {door.grpc_url}, metrics {door.metrics_url}")
+        public_http, public_grpc = (door.http_url, door.grpc_url) if door else (server.http_url, server.grpc_url)
         sweep_result = None
         if do_sweep:
             from loadtest.sweep_cli import sweep
@@ -144,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
                 interval_s=args.interval_s,
                 decision_log=decisions,
                 metrics_port=0,
+                front_door_metrics_url=door.metrics_url if door else "",
+                status_interval_s=0,  # the demo prints its own progress
             )
         )
         thread = threading.Thread(target=orch.run, name="orchestrator", daemon=True)
@@ -167,11 +185,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"    {msg}; serving {cfg}", flush=True)
             if server.proc is None or server.proc.poll() is not None:
                 raise ServerError(f"tritonserver exited during the demo; see {server.log_path}")
+            if door is not None and (door.proc is None or door.proc.poll() is not None):
+                raise ServerError(f"the front door (caddy) exited during the demo; see {door.log_path}")
 
         result = run_locust(
             LoadTestOptions(
-                http_url=server.http_url,
-                grpc_url=server.grpc_url,
+                http_url=public_http,
+                grpc_url=public_grpc,
                 protocol=args.protocol,
                 model=public,
                 shape=shape,
@@ -189,9 +209,11 @@ def run(args: argparse.Namespace) -> int:
             orch.stop()
         if thread:
             thread.join(10)
+        if door:
+            door.stop()
         if server:
             server.stop()
-            _say("Triton stopped")
+            _say("Triton stopped" + (" (and the front door)" if door else ""))
     report = write_report(
         run_dir,
         title=f"tritune demo: {public} under a step load, p99 SLO {args.slo_p99_ms:g} ms",

@@ -344,3 +344,38 @@ class FrontDoor:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def compose_config() -> dict[str, Any]:
+    """The front door of docker-compose.yml: every address of the service ``triton``, on all interfaces of the
+    container (its admin API on the container's loopback only)."""
+    return caddy_config(DnsUpstreams("triton"), FrontDoorSettings(host="0.0.0.0"))  # noqa: S104 - in a container
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print a front door's Caddy config (JSON): ``python -m tritune.frontdoor --dns triton``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m tritune.frontdoor", description=main.__doc__)
+    ap.add_argument("--dns", default="triton", help="the replicas' DNS name (default: %(default)s)")
+    ap.add_argument(
+        "--host",
+        default="0.0.0.0",  # noqa: S104 - the config is for a container, whose published ports bind to localhost
+        help="address the public servers listen on (default: %(default)s)",
+    )
+    ap.add_argument("--http-port", type=int, default=8000)
+    ap.add_argument("--grpc-port", type=int, default=8001)
+    ap.add_argument("--metrics-port", type=int, default=8003)
+    ap.add_argument("--replica-http-port", type=int, default=8000)
+    ap.add_argument("--replica-grpc-port", type=int, default=8001)
+    a = ap.parse_args(argv)
+    config = caddy_config(
+        DnsUpstreams(a.dns, a.replica_http_port, a.replica_grpc_port),
+        FrontDoorSettings(host=a.host, http_port=a.http_port, grpc_port=a.grpc_port, metrics_port=a.metrics_port),
+    )
+    print(json.dumps(config, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -54,6 +54,11 @@ def test_demo_quick_runs_end_to_end(tmp_path, quick_repository, quick_cache):
     assert summary["requests"] > 0 and summary["failures"] == 0
     decisions = [json.loads(line) for line in (run_dir / "decisions.jsonl").read_text().splitlines()]
     assert decisions[0]["event"] == "start" and decisions[-1]["event"] == "stop"
+    # Locust went through the front door, and the orchestrator judged the end-to-end p99 from its histogram.
+    assert "front door (Caddy) ready" in res.stdout
+    assert decisions[0]["front_door"].startswith("http://127.0.0.1:")
+    judged = [d["window"] for d in decisions if "window" in d and d["window"]["e2e_requests"]]
+    assert judged and all(w["p99_latency_ms"] == w["e2e_p99_latency_ms"] for w in judged)
     report = (run_dir / "report.html").read_text()
     for section in ("Throughput and latency", "Serving config", "Variants"):
         assert section in report

@@ -367,3 +367,93 @@ def test_serve_with_two_replicas_prints_the_table_writes_the_fleet_file_and_stop
     assert proc.returncode == 0 and "stopped" in rest
     leftover = subprocess.run(["pgrep", "-f", str(cache)], capture_output=True, text=True)
     assert leftover.stdout.strip() == "" and not fleet_file.exists()
+
+
+def slow_upload_client(url: str, body: bytes, pause_s: float, stop: threading.Event, out: list) -> None:
+    """An HTTP client on a slow link: it sends the request's headers, waits, then the body. Caddy's clock starts
+    with the headers; Triton's with the complete request, so the wait is latency clients feel and Triton never
+    sees."""
+    import socket
+
+    host, port = url.rsplit(":", 1)
+    head = (
+        f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: {url}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    while not stop.is_set():
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(head)
+            time.sleep(pause_s)
+            sock.sendall(body)
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        out.append(reply.split(b"\r\n", 1)[0])
+
+
+@pytest.mark.flaky(reruns=5, only_rerun=["TritonAborted"])
+def test_the_blind_spot_clients_wait_outside_triton_and_the_controller_acts(
+    fleet, tmp_path, quick_repository, monkeypatch
+):
+    """Slow uploads: Triton's own p99 stays far inside a 30-ms SLO while clients see 60 ms and more through the
+    front door. Reading Triton alone nothing would happen; with the front door's histogram the controller acts."""
+    import json
+
+    servers, door = fleet
+    monkeypatch.setenv("TRITUNE_ADMIN_KEY", ADMIN_KEY)
+    default = make_fleet(servers, []).config
+    x = images(1)
+    body = json.dumps(
+        {
+            "inputs": [
+                {"name": INPUT_NAME, "shape": list(x.shape), "datatype": INPUT_DATATYPE, "data": x.ravel().tolist()}
+            ]
+        }
+    ).encode()
+    spec = FleetFile(
+        endpoints(servers), FrontDoorEndpoints(door.http_url, door.grpc_url, door.metrics_url), cores_per_replica=1
+    )
+    orch = build(
+        OrchestrateOptions(
+            slo_p99_ms=30.0,
+            fleet=spec.write(tmp_path / "fleet.json"),
+            repository=quick_repository,
+            decision_log=tmp_path / "decisions.jsonl",
+            metrics_port=0,
+            interval_s=1.0,
+            status_interval_s=0,
+            replica_judge_s=0.5,
+            headroom=False,
+        )
+    )
+    stop = threading.Event()
+    replies: list = []
+    clients = [
+        threading.Thread(target=slow_upload_client, args=(door.http_url, body, 0.06, stop, replies)) for _ in range(4)
+    ]
+    orch_thread = threading.Thread(target=orch.run, args=(40.0,), daemon=True)
+    try:
+        with triton_abort_is_inconclusive(servers):
+            for c in clients:
+                c.start()
+            orch_thread.start()
+            deadline = time.monotonic() + 40
+            acted = []
+            while time.monotonic() < deadline and not acted:
+                acted = [
+                    r
+                    for r in list(orch.history)
+                    if r["event"] == "action" and "p99" in r["reason"] and r["window"]["e2e_p99_latency_ms"]
+                ]
+                time.sleep(0.5)
+            assert acted, [r for r in orch.history if r["event"] in ("hold", "action")][-5:]
+            w = acted[0]["window"]
+            assert w["e2e_p99_latency_ms"] > 30 >= w["triton_p99_latency_ms"], w
+            assert replies and all(b" 200 " in r for r in replies), replies[:3]
+    finally:
+        stop.set()
+        orch.stop()
+        orch_thread.join(timeout=30)
+        for c in clients:
+            c.join(timeout=15)
+        make_fleet(servers, []).apply(default)

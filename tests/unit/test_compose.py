@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ ENV_FILE = ROOT / ".env"
 DOCKER = ROOT / "docker"
 GPU_SERVICES = {"builder", "triton", "orchestrator"}
 CPU_SERVICES = {"builder-cpu", "triton-cpu", "orchestrator-cpu"}
-SHARED_SERVICES = {"locust", "locust-worker", "prometheus", "grafana"}
+SHARED_SERVICES = {"frontdoor", "locust", "locust-worker", "prometheus", "grafana"}
 TRITONS = ("triton", "triton-cpu")
 _VAR = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
 
@@ -123,10 +124,14 @@ def _published(service: dict, env: dict[str, str]) -> list[tuple[str, str, str]]
     return [tuple(interpolate(p, env).rsplit(":", 2)) for p in service.get("ports", [])]
 
 
-def test_only_inference_and_metrics_ports_published_on_localhost(services, env):
+def test_only_the_front_door_publishes_inference_on_localhost_and_the_replicas_scale(services, env):
     for name in TRITONS:
-        ports = _published(services[name], env)
-        assert sorted(container for _, _, container in ports) == ["8000", "8001", "8002"], name
+        # Scaled with --scale triton=N: no published port (N containers cannot share one) and no container_name.
+        assert "ports" not in services[name] and "container_name" not in services[name], name
+        assert services[name]["expose"] == ["8000", "8001", "8002"], name
+    door = services["frontdoor"]
+    assert sorted(container for _, _, container in _published(door, env)) == ["8000", "8001"]
+    assert door["expose"] == ["8003"] and set(door["profiles"]) == {"gpu", "cpu"}
     for name, service in services.items():
         for address, _, _ in _published(service, env):
             assert address == "127.0.0.1", f"{name} publishes on {address}"
@@ -199,7 +204,8 @@ def test_cpu_image_uses_the_cpu_torch_wheel(env):
 def test_locust_master_and_scalable_workers(services):
     master, worker = command_text(services["locust"]), command_text(services["locust-worker"])
     assert "-f loadtest/locustfile.py" in master and "--master" in master
-    assert "--host=http://triton:8000" in master and "--grpc-url=triton:8001" in master
+    assert "--host=http://frontdoor:8000" in master and "--grpc-url=frontdoor:8001" in master
+    assert "--grpc-url=frontdoor:8001" in worker
     assert "--worker" in worker and "--master-host=locust" in worker
 
 
@@ -207,7 +213,8 @@ def test_orchestrator_commands(services):
     for name, kind in (("orchestrator", "gpu"), ("orchestrator-cpu", "cpu")):
         cmd = command_text(services[name])
         assert cmd.startswith("tritune orchestrate") and f"--kind={kind}" in cmd
-        assert "--url=triton:8001" in cmd and "--metrics-url=http://triton:8002/metrics" in cmd
+        assert "--replicas-dns=triton" in cmd and "--dns-grpc-port=8001" in cmd and "--dns-metrics-port=8002" in cmd
+        assert "--front-door-metrics-url=http://frontdoor:8003/metrics" in cmd
         assert "--metrics-host=0.0.0.0" in cmd and "--metrics-port=9100" in cmd
     # every option given exists in the orchestrator's parser
     import argparse
@@ -219,10 +226,26 @@ def test_orchestrator_commands(services):
     parser.parse_args(services["orchestrator"]["command"][2:])
 
 
-def test_prometheus_scrapes_triton_and_the_orchestrator():
+def test_prometheus_scrapes_every_replica_the_front_door_and_the_orchestrator():
     config = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
-    targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
-    assert targets == {"triton:8002", "orchestrator:9100"}
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["triton"]["dns_sd_configs"] == [
+        {"names": ["triton"], "type": "A", "port": 8002, "refresh_interval": "5s"}
+    ]
+    targets = {t for job in jobs.values() for sc in job.get("static_configs", []) for t in sc["targets"]}
+    assert targets == {"frontdoor:8003", "orchestrator:9100"}
+
+
+def test_the_front_door_config_is_what_the_code_writes_and_caddy_accepts_it(services):
+    from tritune.frontdoor import compose_config
+
+    path = DOCKER / "caddy" / "frontdoor.json"
+    assert json.loads(path.read_text()) == compose_config(), "regenerate: python -m tritune.frontdoor > " + str(path)
+    assert "./docker/caddy/frontdoor.json:/etc/caddy/frontdoor.json:ro" in services["frontdoor"]["volumes"]
+    caddy = shutil.which("caddy")
+    assert caddy, "Caddy is part of the test set-up: `make install` (or `apt-get install caddy`)"
+    proc = subprocess.run([caddy, "validate", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "Valid configuration" in proc.stdout + proc.stderr, proc.stderr[-500:]
 
 
 # -- Grafana -----------------------------------------------------------------------------------------------------------
@@ -241,6 +264,9 @@ def _known_metrics() -> set[str]:
     registry = CollectorRegistry()
     OrchestratorMetrics(registry)
     known |= {f.name + "_total" if f.type == "counter" else f.name for f in registry.collect()}
+    # The front door: names from real Caddy scrapes.
+    for capture in (ROOT / "tests" / "data").glob("caddy_metrics_*.txt"):
+        known |= set(re.findall(r"^(caddy_\w+)", capture.read_text(), re.M))
     return known
 
 
@@ -259,11 +285,12 @@ def test_dashboard_parses_and_covers_the_stack():
 def test_dashboard_asks_only_for_metrics_that_exist():
     known = _known_metrics()
     exprs = [t["expr"] for p in _dashboard()["panels"] for t in p["targets"]]
-    used = {m for e in exprs for m in re.findall(r"\b((?:nv|tritune)_\w+)", e)}
+    used = {m for e in exprs for m in re.findall(r"\b((?:nv|tritune|caddy)_\w+)", e)}
     assert used - known == set()
     for required in ("nv_inference_request_success", "nv_inference_queue_duration_us", "nv_inference_count",
                      "nv_inference_exec_count", "nv_inference_request_summary_us", "nv_gpu_utilization",
-                     "nv_gpu_memory_used_bytes", "tritune_config_instances", "tritune_actions_total"):  # fmt: skip
+                     "nv_gpu_memory_used_bytes", "tritune_config_instances", "tritune_actions_total",
+                     "caddy_http_request_duration_seconds_bucket"):  # fmt: skip
         assert required in used, required
 
 
