@@ -217,8 +217,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if door is not None:
             door.stop()
-        for s in servers:
-            s.stop()
+        # In parallel: each may wait out Triton's exit timeout, and N in a row would keep Ctrl-C waiting N times.
+        stoppers = [threading.Thread(target=s.stop) for s in servers]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()
         if fleet_path is not None:
             fleet_path.unlink(missing_ok=True)
         print("Triton stopped" + (" (replicas and front door)" if door else ""), flush=True)

@@ -8,6 +8,7 @@ import signal
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
+from orchestrator.capacity import CapacityEstimator, sweep_capacity
 from orchestrator.fleet import DnsReplicas, Fleet, FrontDoorLatency, StaticReplicas
 from orchestrator.loop import LoopOptions, Orchestrator, scrape
 from orchestrator.nvml import guard_inputs, read_gpus
@@ -60,6 +61,7 @@ class OrchestrateOptions:
     latency_metric: str = LATENCY_METRIC
     latency_labels: str = ",".join(f"{k}={v}" for k, v in LATENCY_LABELS.items())
     status_interval_s: float = 5.0
+    capacity_from_sweep: Path | None = None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -125,6 +127,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--latency-labels",
         default=d.latency_labels,
         help="label matcher k=v,... selecting the proxied requests (default: %(default)s)",
+    )
+    g.add_argument(
+        "--capacity-from-sweep",
+        type=Path,
+        default=d.capacity_from_sweep,
+        help="a `tritune sweep` result: one replica's capacity at the most accurate allowed variant, until enough "
+        "windows have taught it online (tritune_fleet_capacity_ratio, docs/kubernetes.md)",
     )
     g = p.add_argument_group("loop")
     g.add_argument(
@@ -318,7 +327,12 @@ def build(args: OrchestrateOptions) -> Orchestrator:
         controller=ControllerConfig(guards=guards),
         status_interval_s=args.status_interval_s,
     )
-    orch = Orchestrator(Applier(client, args.model), ctx, options, fleet=topo.fleet, front_door=topo.front_door)
+    capacity = CapacityEstimator(
+        sweep_capacity(args.capacity_from_sweep, ctx.most_accurate().name) if args.capacity_from_sweep else None
+    )
+    orch = Orchestrator(
+        Applier(client, args.model), ctx, options, fleet=topo.fleet, front_door=topo.front_door, capacity=capacity
+    )
     if topo.fleet is not None:
         topo.fleet.log = orch.log  # each replica's apply goes to the decision log
     return orch

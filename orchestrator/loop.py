@@ -22,6 +22,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from orchestrator.capacity import CapacityEstimator, CapacityReading
 from orchestrator.cpu import CpuSampler, CpuShare
 from orchestrator.fleet import Fleet, FrontDoorLatency, LatencyWindow, with_end_to_end
 from orchestrator.metrics import Snapshot, Window, parse_metrics, window
@@ -83,6 +84,24 @@ class OrchestratorMetrics:
             "tritune_window_e2e_p99_latency_ms", "End-to-end p99 from the front door's histogram", registry=r
         )
         self.replicas = Gauge("tritune_fleet_replicas", "Replicas in the last window", registry=r)
+        self.capacity_ratio = Gauge(
+            "tritune_fleet_capacity_ratio",
+            "Offered load over what the ready replicas hold within the SLO at the most accurate allowed variant "
+            "(a replica autoscaler's target is 1)",
+            registry=r,
+        )
+        self.replica_capacity = Gauge(
+            "tritune_replica_capacity_infer_per_s",
+            "Images/s one replica holds within the SLO at the most accurate allowed variant, by source",
+            ["source", "variant"],
+            registry=r,
+        )
+        self.replicas_needed = Gauge(
+            "tritune_fleet_replicas_needed",
+            "Replicas the offered load needs at the most accurate allowed variant (the HPA's AverageValue metric)",
+            registry=r,
+        )
+        self.offered = Gauge("tritune_fleet_offered_infer_per_s", "Offered load, images/s", registry=r)
         self.mean = Gauge("tritune_window_avg_latency_ms", "Mean request latency in the last window", registry=r)
         self.throughput = Gauge("tritune_window_throughput_infer_per_s", "Images per second", registry=r)
         self.attainment = Gauge(
@@ -134,10 +153,13 @@ class Orchestrator:
         metrics: OrchestratorMetrics | None = None,
         fleet: Fleet | None = None,
         front_door: FrontDoorLatency | None = None,
+        capacity: CapacityEstimator | None = None,
     ):
         """``fleet``: tune N replicas (it is then also the applier); ``front_door``: read the SLO end to end."""
         self.applier, self.ctx, self.options = (fleet if fleet is not None else applier), ctx, options
         self.fleet, self.front_door = fleet, front_door
+        self.capacity = capacity or CapacityEstimator()
+        self.last_capacity: CapacityReading | None = None
         self._front_door_failed = False
         self._buckets_checked = False
         self._last_status_s = float("-inf")
@@ -391,6 +413,17 @@ class Orchestrator:
         if w.e2e_p99_latency_ms is not None:
             self.metrics.e2e_p99.set(w.e2e_p99_latency_ms)
         self.metrics.replicas.set(w.replicas)
+        if self.current is not None:
+            reading = self.capacity.observe(w, self.current, self.ctx)
+            self.metrics.offered.set(reading.offered_infer_per_s)
+            if reading.ratio is not None:
+                self.metrics.capacity_ratio.set(reading.ratio)
+                self.metrics.replicas_needed.set(reading.replicas_needed)
+                self.metrics.replica_capacity.clear()
+                self.metrics.replica_capacity.labels(source=reading.source, variant=reading.variant).set(
+                    reading.per_replica_infer_per_s
+                )
+            self.last_capacity = reading
         self.metrics.mean.set(w.avg_latency_ms)
         self.metrics.throughput.set(w.throughput_infer_per_s)
         if self.ctx.kind == "cpu":

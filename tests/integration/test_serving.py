@@ -267,7 +267,10 @@ def test_serve_command_restarts_a_dead_triton_and_stops_on_sigterm(quick_reposit
                 break
         text = "".join(lines)
         assert "Triton ready" in text, text + proc.stderr.read() if proc.poll() is not None else text
-        http = next(ln.split("http://")[1].strip() for ln in lines if ln.strip().startswith("HTTP"))
+        # The endpoints table: a header row, then "Triton  http://HOST:PORT  HOST:PORT  http://HOST:PORT/metrics".
+        http = next(
+            ln.split()[1].removeprefix("http://") for ln in lines if ln.split()[:1] == ["Triton"] and "http://" in ln
+        )
         assert http.startswith("127.0.0.1:")
         assert oct(key_file.stat().st_mode & 0o777) == "0o600" and len(key_file.read_text().strip()) >= 32
         with InferenceClient(http) as client:

@@ -389,3 +389,15 @@ def test_a_replica_that_restarts_drops_out_and_gets_the_fleet_config_back(tmp_pa
     orch.tick()
     assert orch.metrics.replicas._value.get() == 2
     assert orch.state.restarts == 0
+
+
+def test_a_missing_caddy_says_how_to_install_it(monkeypatch, tmp_path):
+    from tritune.errors import ServerError
+    from tritune.frontdoor import find_caddy
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ServerError, match="apt-get install caddy") as err:
+        find_caddy()
+    assert "\n" not in str(err.value)
+    with pytest.raises(ServerError, match="not an executable caddy"):
+        find_caddy(tmp_path / "caddy")
