@@ -28,6 +28,7 @@ from builders.repository import MANIFEST, StagedRepository
 from builders.targets import VariantArtifact, get_target
 from builders.train import TrainConfig, distill, predict_logits, top1, train
 from tritune import model_io
+from tritune.compare import pack, wilson
 from tritune.errors import BuildError, CheckpointError, ExportError, RepositoryError
 from tritune.manifest import Manifest, VariantRecord
 
@@ -277,6 +278,7 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> Manifest:
             logits = ox.run_onnx(sess, data.x_test)
             model = torch_models.get(name, fp32)
             acc = top1(logits, data.y_test)
+            hits = logits.argmax(axis=1) == data.y_test  # per image: the paired comparison's input
             artifact = VariantArtifact(name, PRECISION[name], path, module=model)
             compiled = target.compile(artifact, opts.model_prefix + name, staging, opts.max_batch_size)
             entry = dict(
@@ -292,6 +294,8 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> Manifest:
                 sha256=compiled.artifact_sha256,
                 top1=acc,
                 top1_delta_vs_fp32_points=round((acc - fp32_top1) * 100, 3),
+                correct=pack(hits),
+                top1_ci95=[round(x, 4) for x in wilson(int(hits.sum()), len(hits))],
                 error_vs_fp32=ox.compare(fp32_logits, logits),
                 export_check_vs_torch=export_checks[name],
                 latency_ms={f"batch_{b}": ox.latency_ms(sess, b, opts.latency_runs) for b in (1, 32)},

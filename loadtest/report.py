@@ -206,7 +206,8 @@ def _variant_table(repository: Path | None) -> str:
                 for x in (
                     name,
                     v.precision,
-                    f"{v.top1 * 100:.2f}%",
+                    f"{v.top1 * 100:.2f}%"
+                    + (f" [{v.top1_ci95[0] * 100:.1f}, {v.top1_ci95[1] * 100:.1f}]" if v.top1_ci95 else ""),
                     f"{v.parameters / 1e6:.2f} M",
                     f"{v.flops / 1e6:.1f}",
                     f"{v.file_bytes / 1e6:.2f} MB",
@@ -223,7 +224,7 @@ def _variant_table(repository: Path | None) -> str:
         for h in (
             "variant",
             "precision",
-            "top-1 (held out)",
+            "top-1 (held out) [95% CI]",
             "params",
             "MFLOPs",
             "file",

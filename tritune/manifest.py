@@ -44,6 +44,10 @@ class VariantRecord:
     built_with: dict[str, Any]  # versions of torch, onnxruntime, TensorRT, …
     dataset_fingerprint: str
     accuracy_target_met: bool | None = None  # pruned and int8 only: within the build's accuracy target
+    # Per-image correctness on the held-out images (tritune.compare.pack) and top-1's 95% Wilson interval: the
+    # paired comparison of variants. None in manifests built before they were recorded.
+    correct: str | None = None
+    top1_ci95: list[float] | None = None
 
     @property
     def latency_ms_b32(self) -> float:

@@ -111,22 +111,32 @@ class RulePolicy:
         before every other rung (each reload of the same variant costs a stall for a smaller gain) and, as it does
         not depend on the load, needs no persistence delay; switching before a rise in load means the old
         variant never has a backlog to drain."""
-        current_top1 = ctx.variants[c.variant].top1 if c.variant in ctx.variants else 1.0
+        current = ctx.variants.get(c.variant)
+        if current is None:
+            return None
+        # "At no accuracy cost": not significantly worse on the same held-out images (McNemar, tritune/compare.py);
+        # among variants the test cannot tell apart the cheaper wins.
         free = [
             v
             for v in ctx.allowed_variants()
-            if v.top1 >= current_top1 and v.latency_ms_b32 < ctx.cost(c.variant) / FREE_VARIANT_SPEEDUP
+            if v.latency_ms_b32 < ctx.cost(c.variant) / FREE_VARIANT_SPEEDUP and v.not_worse_than(current)
         ]
         if not free:
             return None
         target = min(free, key=lambda v: (v.latency_ms_b32, -v.top1))
+        test = target.comparison(current)
+        evidence = (
+            f"McNemar p={test.p_value:.2f} over {test.only_first}/{test.only_second} images only one got right"
+            if test.paired
+            else "no per-image results: point estimates"
+        )
         return Proposal(
             replace(c, variant=target.name),
             Direction.FREE,
             Rule.FREE_FASTER_VARIANT,
             f"{why.reason if why else 'at any load'}; {c.variant} → {target.name}: "
-            f"{ctx.cost(c.variant) / target.latency_ms_b32:.1f}× cheaper at no accuracy cost "
-            f"(top-1 {target.top1:.4f} ≥ {current_top1:.4f})",
+            f"{ctx.cost(c.variant) / target.latency_ms_b32:.1f}× cheaper, not significantly less accurate "
+            f"(top-1 {target.top1:.4f} vs {current.top1:.4f}; {evidence})",
         )
 
     def _up(self, w: Window, c: ServingConfig, ctx: Context, why: Pressure) -> Iterator[Proposal]:

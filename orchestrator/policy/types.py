@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from tritune.compare import AccuracyVerdict, Comparison, compare, unpack
 from tritune.errors import ConfigError
 from tritune.manifest import Manifest
 from tritune.serving import ServingConfig
@@ -78,12 +79,23 @@ class VariantInfo:
     model_name: str
     top1: float
     latency_ms_b32: float  # in-process ORT latency at batch 32: the relative cost of the variant
+    correct: str | None = None  # per-image correctness on the held-out images (tritune.compare.pack), if built
+
+    def not_worse_than(self, other: VariantInfo) -> bool:
+        """At least as accurate: not significantly worse in the paired test (tritune/compare.py); on the point
+        estimates where either lacks per-image results."""
+        return self.comparison(other).verdict != AccuracyVerdict.WORSE
+
+    def comparison(self, other: VariantInfo) -> Comparison:
+        mine = unpack(self.correct) if self.correct else None
+        theirs = unpack(other.correct) if other.correct else None
+        return compare(mine, theirs, self.top1, other.top1)
 
 
 def variants_from_manifest(manifest: Manifest, names: set[str] | dict | None = None) -> dict[str, VariantInfo]:
     """The policy's view of the manifest's variants (all, or those in ``names``: the public model's versions)."""
     return {
-        name: VariantInfo(name, v.model_name, float(v.top1), v.latency_ms_b32)
+        name: VariantInfo(name, v.model_name, float(v.top1), v.latency_ms_b32, v.correct)
         for name, v in manifest.variants.items()
         if names is None or name in names
     }

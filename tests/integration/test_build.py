@@ -13,6 +13,7 @@ import pytest
 
 from builders import onnx_utils as ox
 from builders.build import VARIANTS
+from tritune.compare import unpack
 from tritune.model_config import ModelConfig
 
 QUICK = [
@@ -65,6 +66,9 @@ def test_manifest_records_every_variant(built):
         assert {"max_abs_err", "max_rel_err", "top1_agreement"} <= set(v["error_vs_fp32"])
         assert v["latency_ms"]["batch_1"] > 0 and v["latency_ms"]["batch_32"] > 0
         assert v["target"] == "cpu" and v["built_with"]["onnxruntime"] and v["built_with"]["tensorrt"] is None
+        hits = unpack(v["correct"])  # per-image correctness, for the paired comparison
+        assert len(hits) == 360 and hits.mean() == pytest.approx(v["top1"])
+        assert v["top1_ci95"][0] <= v["top1"] <= v["top1_ci95"][1]
     assert manifest["variants"]["pruned"]["parameters"] <= 0.6 * fp32["parameters"]
     assert manifest["variants"]["pruned"]["flops"] <= 0.6 * fp32["flops"]
     assert manifest["variants"]["int8"]["file_bytes"] < 0.5 * fp32["file_bytes"]

@@ -1,0 +1,70 @@
+"""The paired comparison of variants (tritune/compare.py) against known values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tritune.compare import AccuracyVerdict, compare, mcnemar_exact_p, pack, unpack, wilson
+
+
+def test_mcnemar_exact_and_wilson_match_scipy():
+    from scipy.stats import binomtest
+
+    assert mcnemar_exact_p(0, 0) == 1.0
+    assert mcnemar_exact_p(1, 0) == 1.0  # one disagreement can never be significant
+    for b, c in ((0, 6), (2, 10), (5, 5), (3, 17), (40, 22)):
+        assert mcnemar_exact_p(b, c) == pytest.approx(binomtest(b, b + c, 0.5).pvalue)
+    for k, n in ((81, 263), (0, 10), (10, 10), (352, 360)):
+        ci = binomtest(k, n).proportion_ci(method="wilson")
+        assert wilson(k, n) == pytest.approx((ci.low, ci.high))
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_one_image_ahead_is_a_tie_and_a_clear_gap_is_not():
+    rng = np.random.default_rng(0)
+    a = rng.random(360) < 0.97
+    b = a.copy()
+    b[np.flatnonzero(a)[:1]] = False  # one image worse
+    assert compare(a, b, a.mean(), b.mean()).verdict == AccuracyVerdict.TIE
+    c = a.copy()
+    c[np.flatnonzero(a)[:20]] = False  # twenty images worse, none better
+    result = compare(a, c, a.mean(), c.mean())
+    assert (
+        result.verdict == AccuracyVerdict.BETTER
+        and result.p_value < 1e-5
+        and (result.only_first, result.only_second) == (20, 0)
+    )
+    assert compare(c, a, c.mean(), a.mean()).verdict == AccuracyVerdict.WORSE
+
+
+def test_without_per_image_results_the_point_estimates_decide():
+    result = compare(None, None, 0.98, 0.97)
+    assert result.verdict == AccuracyVerdict.BETTER and not result.paired and result.p_value is None
+
+
+def test_pack_round_trips():
+    bits = np.random.default_rng(1).random(361) < 0.5
+    assert (unpack(pack(bits)) == bits).all()
+
+
+def test_the_policy_takes_a_cheaper_variant_the_test_cannot_tell_apart_but_not_a_worse_one():
+    from orchestrator.policy import Context, Objective, RulePolicy, ServingConfig, VariantInfo
+
+    rng = np.random.default_rng(2)
+    fp32 = rng.random(360) < 0.97
+    one_worse, much_worse = fp32.copy(), fp32.copy()
+    one_worse[np.flatnonzero(fp32)[:1]] = False
+    much_worse[np.flatnonzero(fp32)[:25]] = False
+
+    def ctx_with(cheap_bits):
+        variants = {
+            "fp32": VariantInfo("fp32", "cnn_fp32", fp32.mean(), 14.0, pack(fp32)),
+            "int8": VariantInfo("int8", "cnn_int8", cheap_bits.mean(), 5.0, pack(cheap_bits)),
+        }
+        return Context(objective=Objective(50.0), variants=variants, cores=2)
+
+    current = ServingConfig("fp32")
+    proposal = RulePolicy()._free(current, ctx_with(one_worse), None)
+    assert proposal is not None and proposal.config.variant == "int8" and "McNemar p=1.00" in proposal.reason
+    assert RulePolicy()._free(current, ctx_with(much_worse), None) is None
