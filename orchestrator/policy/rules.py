@@ -23,6 +23,7 @@ from orchestrator.policy.signals import (
     utilization,
 )
 from orchestrator.policy.types import Context, Direction, PressureKind, Proposal, Rule
+from tritune.compare import AccuracyVerdict
 from tritune.serving import ServingConfig
 
 FAR_OVER_SLO = 2.0  # mean latency above this multiple of the SLO: two rungs in one reload
@@ -215,8 +216,11 @@ class RulePolicy:
     def _down(self, w: Window, c: ServingConfig, ctx: Context) -> Iterator[Proposal]:
         util = utilization(w, c)
         if c.variant in ctx.variants:
+            # "More accurate": significantly better in the paired test (tritune/compare.py), so that a tie, which
+            # the cheaper variant wins, is never "restored" at the cost of a reload.
+            current = ctx.variants[c.variant]
             more = sorted(
-                (v for v in ctx.allowed_variants() if v.top1 > ctx.variants[c.variant].top1),
+                (v for v in ctx.allowed_variants() if v.comparison(current).verdict == AccuracyVerdict.BETTER),
                 key=lambda v: v.latency_ms_b32,
             )
             for v in more:  # the cheapest more accurate variant predicted to fit comes first

@@ -68,3 +68,27 @@ def test_the_policy_takes_a_cheaper_variant_the_test_cannot_tell_apart_but_not_a
     proposal = RulePolicy()._free(current, ctx_with(one_worse), None)
     assert proposal is not None and proposal.config.variant == "int8" and "McNemar p=1.00" in proposal.reason
     assert RulePolicy()._free(current, ctx_with(much_worse), None) is None
+
+
+def test_the_policy_restores_only_a_significantly_more_accurate_variant():
+    from orchestrator.metrics import Window
+    from orchestrator.policy import Context, Objective, RulePolicy, ServingConfig, VariantInfo
+
+    rng = np.random.default_rng(3)
+    cheap = rng.random(360) < 0.9
+    tie, better = cheap.copy(), cheap.copy()
+    tie[np.flatnonzero(~cheap)[:1]] = True  # one image better: a tie
+    better[np.flatnonzero(~cheap)[:20]] = True  # twenty images better, none worse
+
+    def proposals(accurate_bits):
+        variants = {
+            "fp32": VariantInfo("fp32", "cnn_fp32", accurate_bits.mean(), 14.0, pack(accurate_bits)),
+            "int8": VariantInfo("int8", "cnn_int8", cheap.mean(), 5.0, pack(cheap)),
+        }
+        ctx = Context(objective=Objective(50.0), variants=variants, cores=2, headroom=False)
+        idle = Window(0.0, 2.0, requests=100, throughput_infer_per_s=50, request_rate_per_s=50, busy_s=0.02,
+                      avg_latency_ms=2.0, p99_latency_ms=4.0)  # fmt: skip
+        return [p.rule for p in RulePolicy()._down(idle, ServingConfig("int8", 1, 0, True, 1000), ctx)]
+
+    assert "restore-variant" not in proposals(tie)
+    assert "restore-variant" in proposals(better)
