@@ -7,7 +7,8 @@ measures every request end to end (``caddy_http_request_duration_seconds``), whi
 The config is Caddy's native JSON built from dataclasses (:func:`caddy_config`), never a Caddyfile assembled from
 strings. Three servers:
 
-- ``http``: Triton's HTTP/REST API, balanced ``least_conn``, replicas checked actively on ``/v2/health/ready``;
+- ``http``: Triton's HTTP/REST API, balanced ``least_conn``, replicas checked actively on the public model's
+  ``/v2/models/<model>/ready`` (see ``FrontDoorSettings.health_model``);
 - ``grpc``: Triton's gRPC API over h2c (Caddy 2.6 needs ``protocols h1 h2c`` or gRPC clients fail with "Expected
   SETTINGS frame"), balanced ``least_conn``;
 - ``metrics``: Caddy's Prometheus metrics on their own port, so that nobody needs Caddy's admin API (which can
@@ -99,6 +100,10 @@ class FrontDoorSettings:
     grpc_port: int = 8001
     metrics_port: int = 8003
     admin_port: int = 2019  # Caddy's admin API: always on 127.0.0.1
+    # Active checks ask for the public model's readiness, not the server's: with Triton's default strict readiness
+    # /v2/health/ready answers 400 while any model reloads, though the old copy keeps serving, so checking it
+    # would drain a replica on every change the orchestrator makes (two in a row: no replica left, 503s).
+    health_model: str = "cnn"
     health_interval_s: float = 1.0
     health_timeout_s: float = 1.0
     # Passive checks: an upstream that fails a request (a refused dial, a reset) is out for this long.
@@ -155,7 +160,7 @@ def _proxy(upstreams: tuple[Upstream, ...] | DnsUpstreams, grpc: bool, s: FrontD
         handler["transport"] = {"protocol": "http"}
         if not isinstance(upstreams, DnsUpstreams):  # Caddy 2.6 runs no active checks on dynamic upstreams
             handler["health_checks"]["active"] = {
-                "uri": "/v2/health/ready",
+                "uri": f"/v2/models/{s.health_model}/ready",
                 "interval": _duration(s.health_interval_s),
                 "timeout": _duration(s.health_timeout_s),
                 "expect_status": 200,

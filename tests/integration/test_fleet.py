@@ -460,11 +460,10 @@ def test_the_blind_spot_clients_wait_outside_triton_and_the_controller_acts(
             assert acted, [r for r in orch.history if r["event"] in ("hold", "action")][-5:]
             w = acted[0]["window"]
             assert w["e2e_p99_latency_ms"] > 100 >= w["triton_p99_latency_ms"], w
-            # What this test claims is the action above; the slow uploads' own outcomes are checked loosely: one
-            # fresh-clone CI run saw a non-200 reply among them (status not recorded then), so the reply of any
-            # failure is shown here to find out why, and more than one fails the test.
+            # And no upload failed while the controller rolled its changes over both replicas: the front door's
+            # active check must not take a reloading replica out (docs/known_issues.md, strict readiness).
             refused = [r for r in replies if b" 200 " not in r]
-            assert replies and len(refused) <= 1, refused[:3]
+            assert replies and not refused, refused[:3]
     finally:
         stop.set()
         orch.stop()

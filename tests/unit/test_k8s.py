@@ -158,7 +158,7 @@ def test_probes_are_on_the_right_ports():
     (c,) = triton["spec"]["template"]["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
-    for probe, path in (("startupProbe", "/v2/health/ready"), ("readinessProbe", "/v2/health/ready"),
+    for probe, path in (("startupProbe", "/v2/models/cnn/ready"), ("readinessProbe", "/v2/models/cnn/ready"),
                         ("livenessProbe", "/v2/health/live")):  # fmt: skip
         assert c[probe]["httpGet"] == {"path": path, "port": "http"}, probe
     (svc,) = by_kind("Service", "triton")
