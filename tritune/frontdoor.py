@@ -276,12 +276,13 @@ class FrontDoor:
         return f"http://{self.settings.host}:{self.settings.metrics_port}/metrics"
 
     def start(self) -> FrontDoor:
-        from tritune.server import free_port
+        from tritune.server import free_ports
 
         s = self.settings
         binary = find_caddy(self.caddy)
-        picked = {name: getattr(s, name) or free_port(s.host) for name in ("http_port", "grpc_port", "metrics_port")}
-        picked["admin_port"] = s.admin_port or free_port("127.0.0.1")
+        spare = iter(free_ports(3, s.host))  # distinct: see free_ports
+        picked = {name: getattr(s, name) or next(spare) for name in ("http_port", "grpc_port", "metrics_port")}
+        picked["admin_port"] = s.admin_port or free_ports(1, "127.0.0.1")[0]
         from dataclasses import replace
 
         self.settings = s = replace(s, **picked)

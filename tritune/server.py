@@ -54,9 +54,17 @@ def admin_key(key_file: Path | str = ".cache/tritune/admin.key", environ=None) -
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct free ports: every socket stays bound until all are picked, since the OS may hand the port a
+    just-closed socket had to the next bind (two of a server's ports equal: it refuses to start)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 def _pytriton_root() -> Path | None:
@@ -207,9 +215,10 @@ class TritonServer:
         binary = find_tritonserver(o.tritonserver)
         Path(o.cache_dir).mkdir(parents=True, exist_ok=True)
         backends = python_backend_dir(Path(o.cache_dir))
-        self.http_port = o.http_port or free_port(o.host)
-        self.grpc_port = o.grpc_port or free_port(o.host)
-        self.metrics_port = o.metrics_port or free_port(o.host)
+        picked = iter(free_ports(3, o.host))
+        self.http_port = o.http_port or next(picked)
+        self.grpc_port = o.grpc_port or next(picked)
+        self.metrics_port = o.metrics_port or next(picked)
         self.log_path = Path(o.log_path) if o.log_path else Path(o.cache_dir) / f"tritonserver-{self.http_port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "w")  # noqa: SIM115 - lives as long as the server
