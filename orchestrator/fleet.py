@@ -344,6 +344,8 @@ class Fleet:
     # -- configs -----------------------------------------------------------------------------------------------------
     def current(self) -> tuple[ModelConfig, ServingConfig]:
         """What the fleet serves: the fleet config once known, else the first replica's that answers (at start)."""
+        if not self.replicas:  # before the first scrape, which refreshes the membership every tick
+            self.refresh()
         last: TrituneError | None = None
         for r in sorted(self.replicas.values(), key=lambda r: (r.needs_config, r.endpoints.name)):
             try:

@@ -272,9 +272,7 @@ class Orchestrator:
         except TrituneError as exc:
             self._unreachable(exc)
             return None
-        if self.backoff_s:
-            self.log("triton-reachable-again")
-            self.backoff_s = 0.0
+        if self._reachable_again():
             self._suspect_restart = True
         prev, self.prev = self.prev, snap
         cpu = self._cpu_sample()  # with every scrape, so that each window has its own
@@ -308,16 +306,21 @@ class Orchestrator:
     def _fleet_window(self, now: float) -> Window | None:
         """The fleet's window (orchestrator/fleet.py): a replica that restarts or stops answering drops out and gets
         the fleet config back when it answers, so the fleet window itself never says "restarted"."""
-        self.fleet.refresh()
         try:
             self._start()
         except TrituneError as exc:
             self._unreachable(exc)
             return None
-        if self.backoff_s:
-            self.log("triton-reachable-again")
-            self.backoff_s = 0.0
+        self._reachable_again()
         return self.fleet.scrape(now)
+
+    def _reachable_again(self) -> bool:
+        """After a backoff: say so and end it; True when there was one."""
+        if not self.backoff_s:
+            return False
+        self.log("triton-reachable-again")
+        self.backoff_s = 0.0
+        return True
 
     def _start(self) -> None:
         """Read what Triton serves at the first successful contact, and log the start."""
