@@ -42,6 +42,7 @@ class Bench:
     floor: float
     interval_s: float = 1.0
     headroom: bool = Context.headroom  # the policy's default, as the orchestrate command runs it
+    batch: int = 1  # images per request the load sends
 
     def __post_init__(self) -> None:
         self.manifest = Manifest.read(self.repository)
@@ -74,11 +75,14 @@ class Bench:
         return Applier(InferenceClient(server.grpc_url, "grpc", admin_key=KEY, timeout_s=120), "cnn")
 
     def load(self, server: TritonServer, seconds: float, rate: RateFn) -> LoadResult:
-        return OpenLoopLoad(server.grpc_url, "cnn", self.images, self.labels).run(seconds, rate)
+        # HTTP: the cheaper transport for the client (loadtest/openloop.py), so the server sets the figures.
+        return OpenLoopLoad(server.http_url, "cnn", self.images, self.labels, batch=self.batch, protocol="http").run(
+            seconds, rate
+        )
 
     def settle(self, server: TritonServer, seconds: float = 3.0) -> None:
         """A trickle of requests until any backlog is gone, so the next phase starts from an empty queue."""
-        OpenLoopLoad(server.grpc_url, "cnn", self.images).run(seconds, constant(2))
+        OpenLoopLoad(server.http_url, "cnn", self.images, protocol="http").run(seconds, constant(2))
 
     def set_config(self, server: TritonServer, config: ServingConfig) -> float:
         applier = self.applier(server)
@@ -118,11 +122,13 @@ class Bench:
                         f"the orchestrator process did not start (exit code {child.exitcode}); see above"
                     )
             time.sleep(lead_in_s)
+            load_started_s = time.monotonic()  # the orchestrator's records use the same clock (CLOCK_MONOTONIC)
             result = self.load(server, seconds, rate)
         finally:
             stop.set()
         run = results.get(timeout=90)
         child.join(timeout=30)
+        run.load_started_s = load_started_s
         return result, run
 
 
@@ -133,6 +139,7 @@ class OrchestratorRun:
     history: list[dict]
     rollbacks: int
     current: ServingConfig | None
+    load_started_s: float = 0.0  # time.monotonic() when the load began
 
 
 def _orchestrate(grpc_url: str, ctx: Context, options: LoopOptions, max_s: float, ready, stop, results) -> None:

@@ -50,6 +50,12 @@ def machine() -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("name", help="results file name, e.g. variants (→ docs/results/variants.json)")
+    ap.add_argument(
+        "--merge-key",
+        default="",
+        help="keep this run as one part of docs/results/NAME.json (e.g. one scenario of a suite measured in pieces): "
+        "the other parts stay as they are, each with its own commit, date and command",
+    )
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- then the benchmark command")
     args = ap.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -81,6 +87,15 @@ def main() -> int:
     }
     out = ROOT / "docs" / "results" / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge_key:
+        parts = {}
+        if out.exists():
+            try:
+                parts = json.loads(out.read_text()).get("parts", {})
+            except json.JSONDecodeError:
+                print(f"record: {out.relative_to(ROOT)} is not JSON; starting it afresh", file=sys.stderr)
+        parts[args.merge_key] = record
+        record = {"benchmark": args.name, "parts": dict(sorted(parts.items()))}
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"record: {out.relative_to(ROOT)} (exit {proc.returncode}, {record['wall_s']} s)", file=sys.stderr)
     return proc.returncode

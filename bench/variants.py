@@ -24,9 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from builders import onnx_utils as ox
 from builders.data import load_dataset
 from builders.train import top1
+from tritune.compare import ladder, ordered, unpack
 from tritune.manifest import MANIFEST, Manifest
 
-TARGETS = {"int8_speedup_b32": 1.3, "pruned_speedup_b32": 1.4, "max_accuracy_loss_points": 1.0}
+TARGETS = {"int8_speedup_b32": 1.3, "pruned_speedup_b32": 1.4, "max_accuracy_loss_points": 1.0, "ladder_levels": 3}
 
 
 def throughput(sess, batch: int, seconds: float) -> float:
@@ -95,6 +96,19 @@ def main() -> int:
             results["pruned"]["parameters"] <= 0.6 * base["parameters"]
             and results["pruned"]["flops"] <= 0.6 * base["flops"]
         )
+    # The accuracy ladder by the paired test on the manifest's per-image results; cost: this run's batch-32 time.
+    levels = ladder(
+        {
+            name: (
+                v.top1,
+                unpack(v.correct) if v.correct else None,
+                1.0 / results[name]["throughput_img_per_s"]["batch_32"],
+            )
+            for name, v in variants.items()
+        }
+    )
+    checks["ladder_three_separated_levels"] = len(levels) >= TARGETS["ladder_levels"]
+    checks["ladder_each_level_faster"] = ordered(levels)
     print(
         json.dumps(
             {
@@ -103,6 +117,16 @@ def main() -> int:
                 "machine": {"cpus": os.cpu_count(), "ort_threads": args.threads},
                 "runs": max(args.runs, 5),
                 "variants": results,
+                "ladder": [
+                    {
+                        "members": list(lv.members),
+                        "top1": lv.top1,
+                        "cheapest": lv.cheapest,
+                        "img_per_s_batch_32": results[lv.cheapest]["throughput_img_per_s"]["batch_32"],
+                        "p_vs_level_above": None if lv.p_vs_above is None else float(f"{lv.p_vs_above:.3g}"),
+                    }
+                    for lv in levels
+                ],
                 "targets": TARGETS,
                 "targets_met": checks,
             },

@@ -32,11 +32,18 @@ from tritune.compare import pack, wilson
 from tritune.errors import BuildError, CheckpointError, ExportError, RepositoryError
 from tritune.manifest import Manifest, VariantRecord
 
-VARIANTS = ("fp32", "pruned", "distilled", "fp16", "int8")
+VARIANTS = ("fp32", "pruned", "distilled", "fp16", "int8", "small", "tiny")
 # The public model holds every variant as a version; the numbers are fixed so a config names the same variant
 # across rebuilds.
 VERSION_OF = {v: i for i, v in enumerate(VARIANTS, start=1)}
-PRECISION = {"fp32": "fp32", "pruned": "fp32", "distilled": "fp32", "fp16": "fp16", "int8": "int8"}
+PRECISION = {v: {"fp16": "fp16", "int8": "int8"}.get(v, "fp32") for v in VARIANTS}
+# The distillation students: the article's CompressedNet, and the two lower rungs of the accuracy ladder, which
+# trade information for compute (docs/builders.md): the centre quarter of the image, and a 4×4 average of it.
+STUDENTS: dict[str, dict[str, int]] = {
+    "distilled": {},
+    "small": {"crop": 16},
+    "tiny": {"c1": 16, "c2": 32, "f1": 64, "down": 8, "pool": 1},
+}
 # Bump when training code changes in a way that must invalidate cached checkpoints.
 TRAINING_CODE_VERSION = 1
 # Stated export tolerances: ONNX Runtime vs PyTorch on the held-out images.
@@ -187,7 +194,9 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> Manifest:
             cache.put(fp32_key, fp32, {"stage": "fp32"})
 
     torch_models: dict[str, torch.nn.Module] = {"fp32": fp32}
-    derived_from = {"fp32": None, "pruned": "fp32", "distilled": "fp32 (teacher)", "fp16": "fp32", "int8": "fp32"}
+    derived_from = {"fp32": None, "pruned": "fp32", "fp16": "fp32", "int8": "fp32"} | dict.fromkeys(
+        STUDENTS, "fp32 (teacher)"
+    )
 
     # -- pruned ------------------------------------------------------------------------------------------------
     if "pruned" in opts.variants:
@@ -206,14 +215,16 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> Manifest:
             cache.put(key, pruned, {"stage": "pruned"})
         torch_models["pruned"] = pruned
 
-    # -- distilled ---------------------------------------------------------------------------------------------
-    if "distilled" in opts.variants:
-        kd_cfg = TrainConfig(opts.distill_epochs, opts.batch_size, opts.lr, seed=opts.seed)
+    # -- distilled students ------------------------------------------------------------------------------------
+    kd_cfg = TrainConfig(opts.distill_epochs, opts.batch_size, opts.lr, seed=opts.seed)
+    for name in (v for v in STUDENTS if v in opts.variants):
+        spec = STUDENTS[name]
         key = _hash(
             {
                 "parent": fp32_key,
                 "stage": "distilled",
                 "arch": "CompressedNet",
+                "spec": spec,
                 "T": opts.distill_temperature,
                 "alpha": opts.distill_alpha,
                 **kd_cfg.key(),
@@ -221,11 +232,12 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> Manifest:
         )
         student = cache.get(key)
         if student is not None:
-            log(f"distilled: reusing checkpoint {cache.path(key)}")
+            log(f"{name}: reusing checkpoint {cache.path(key)}")
         else:
-            log(f"distilled: training CompressedNet from the fp32 teacher for {opts.distill_epochs} epochs")
+            what = ", ".join(f"{k}={v}" for k, v in spec.items()) or "the article's widths"
+            log(f"{name}: training CompressedNet ({what}) from the fp32 teacher for {opts.distill_epochs} epochs")
             student = distill(
-                CompressedNet(mean=mean, std=std),
+                CompressedNet(mean=mean, std=std, **spec),
                 fp32,
                 data.x_train,
                 data.y_train,
@@ -234,8 +246,8 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> Manifest:
                 opts.distill_alpha,
                 log,
             )
-            cache.put(key, student, {"stage": "distilled"})
-        torch_models["distilled"] = student
+            cache.put(key, student, {"stage": name})
+        torch_models[name] = student
 
     manifest_variants: dict[str, VariantRecord] = {}
     with (

@@ -146,8 +146,13 @@ def download_cifar10(data_dir: Path) -> None:
         tar.extractall(data_dir, filter="data")
 
 
-def load_digits_as_cifar(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
-    """scikit-learn's bundled handwritten digits (1,797 real 8×8 scans), upsampled to 3×32×32."""
+def load_digits_as_cifar(seed: int = 0, test_fraction: float = 0.5) -> Dataset:
+    """scikit-learn's bundled handwritten digits (1,797 real 8×8 scans), upsampled to 3×32×32.
+
+    Half are held out: the paired test between two variants resolves a difference of about two top-1 points on
+    ~900 images (on 360 it could not tell the accuracy ladder's rungs apart), and 898 training images still take
+    the seed CNN to its plateau on a task this easy.
+    """
     import torch
     import torch.nn.functional as F
     from sklearn.datasets import load_digits

@@ -76,7 +76,12 @@ class SeedCNN(nn.Module):
 
 
 class CompressedNet(nn.Module):
-    """The article's CompressedNet, the distillation student: half the conv widths, one hidden fc layer."""
+    """The article's CompressedNet, the distillation student: half the conv widths, one hidden fc layer.
+
+    ``crop`` and ``down`` make the smaller students of the accuracy ladder: the network sees only the centre
+    ``crop``×``crop`` pixels, average-pooled by ``down``, so its compute falls with the area it looks at and its
+    accuracy with the information it loses. Both happen inside the graph: every variant takes the same input.
+    """
 
     def __init__(
         self,
@@ -86,17 +91,32 @@ class CompressedNet(nn.Module):
         num_classes: int = NUM_CLASSES,
         mean: tuple[float, ...] = (0.5, 0.5, 0.5),
         std: tuple[float, ...] = (0.25, 0.25, 0.25),
+        crop: int = INPUT_SHAPE[-1],
+        down: int = 1,
+        pool: int = 4,
     ):
         super().__init__()
+        side = INPUT_SHAPE[-1]
+        if not (0 < crop <= side and crop % (down * pool) == 0):
+            raise CheckpointError(
+                f"CompressedNet: crop {crop} must be in 1..{side} and divisible by down × pool ({down}×{pool})"
+            )
+        self.crop, self.down, self.pool_size = crop, down, pool
+        self._lo = (side - crop) // 2
         self.norm = Normalize(list(mean), list(std))
+        self.downsample = nn.AvgPool2d(down, down) if down > 1 else nn.Identity()
         self.conv1 = nn.Conv2d(3, c1, 3, padding=1)
         self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
-        self.pool = nn.MaxPool2d(kernel_size=4, stride=4)
-        self.fc1 = nn.Linear(c2 * 8 * 8, f1)
+        self.pool = nn.MaxPool2d(kernel_size=pool, stride=pool) if pool > 1 else nn.Identity()
+        cells = crop // down // pool
+        self.fc1 = nn.Linear(c2 * cells * cells, f1)
         self.fc2 = nn.Linear(f1, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv1(self.norm(x)))
+        x = self.norm(x)
+        if self.crop != x.shape[-1]:
+            x = x[:, :, self._lo : self._lo + self.crop, self._lo : self._lo + self.crop]
+        x = torch.relu(self.conv1(self.downsample(x)))
         x = torch.relu(self.pool(self.conv2(x)))
         x = torch.flatten(x, 1)
         return self.fc2(torch.relu(self.fc1(x)))
@@ -109,6 +129,9 @@ class CompressedNet(nn.Module):
             "num_classes": self.fc2.out_features,
             "mean": tuple(self.norm.mean.flatten().tolist()),
             "std": tuple(self.norm.std.flatten().tolist()),
+            "crop": self.crop,
+            "down": self.down,
+            "pool": self.pool_size,
         }
 
 

@@ -23,13 +23,20 @@ from loadtest.report import write_report
 from loadtest.run import LoadTestOptions, new_run_dir, run_locust
 from loadtest.sweep_cli import SweepOptions
 from orchestrator.cli import OrchestrateOptions
+from tritune.compare import variant_ladder
 from tritune.errors import ConfigError, RepositoryError, ServerError
 from tritune.frontdoor import FrontDoor, FrontDoorSettings, Upstream
 from tritune.manifest import Manifest
 from tritune.server import ServerOptions, TritonServer, admin_key
 
-FULL_SHAPE = "step:values=150/600/150,step_s=60"  # open loop, req/s: 1× → 4× → 1×
-QUICK_SHAPE = "step:values=100/500/100,step_s=15"
+# Open loop, batch-8 requests/s: a base the most accurate level holds, a step beyond its capacity (the controller
+# must step down the accuracy ladder) and a long base again (it must come back: Triton's p99 summaries lag by up to
+# a minute, then the down delay). Batch 8 puts the load in the models' compute, where the ladder's rungs differ,
+# at request rates Locust itself can send on two shared cores (on the 2-core machine here the top level holds
+# about 175 batch-8 requests/s with the cheap generator, less beside Locust and Caddy).
+FULL_SHAPE = "step:values=50/260/50/50,step_s=50"
+QUICK_SHAPE = "step:values=30/150/30,step_s=15"
+DEMO_BATCH = 8
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,8 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--accuracy-floor",
         type=float,
         default=-1.0,
-        help="lowest top-1 a served variant may have; -1: one point below fp32 (default)",
+        help="lowest top-1 a served variant may have; -1: the whole accuracy ladder (the least accurate variant's "
+        "top-1), so the controller may trade accuracy for capacity under load (default)",
     )
+    p.add_argument("--batch-size", type=int, default=DEMO_BATCH, help="images per request (default: %(default)s)")
     p.add_argument("--shape", default="", help=f"open-loop load shape in req/s (default: {FULL_SHAPE})")
     p.add_argument("--protocol", default="grpc", choices=("http", "grpc", "both"), help="(default: %(default)s)")
     p.add_argument("--workers", type=int, default=0, help="Locust workers (0: one process) (default: 0)")
@@ -88,8 +97,14 @@ def ensure_repository(repository: Path, quick: bool, cache_dir: Path) -> Manifes
     return build(opts, log=lambda m: print(f"    {m}", flush=True))
 
 
-# The demo's sweep: small enough for a first look (8 points + the baseline), wide enough to show a frontier.
-DEMO_SWEEP = SweepOptions(variants="", instances="1,2", queue_delays_us="off,2000", concurrency="4,16")
+# The demo's sweep: small enough for a first look, wide enough to show a frontier: each accuracy level's cheapest
+# variant (what the policy would serve of it) × batching off/on, at two concurrencies, after the baseline.
+DEMO_SWEEP = SweepOptions(variants="", instances="2", queue_delays_us="off,2000", concurrency="4,16")
+
+
+def ladder_variants(manifest: Manifest, floor: float) -> str:
+    """The cheapest variant of each accuracy level at or above ``floor``, comma-separated."""
+    return ",".join(lv.cheapest for lv in variant_ladder(manifest.variants, floor))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,9 +123,8 @@ def run(args: argparse.Namespace) -> int:
     key_file = run_dir / "admin.key"
     try:
         manifest = ensure_repository(repository, args.quick, args.cache_dir)
-        fp32 = manifest.variants.get("fp32")
-        fp32_top1 = fp32.top1 if fp32 else 0.0
-        floor = max(0.0, fp32_top1 - 0.01) if args.accuracy_floor < 0 else args.accuracy_floor
+        lowest = min((v.top1 for v in manifest.variants.values()), default=0.0)
+        floor = lowest if args.accuracy_floor < 0 else args.accuracy_floor
         public = manifest.public_model
         _say(f"starting Triton on {repository} (model {public!r}, admin API restricted by a key)")
         server = TritonServer(
@@ -141,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
                     DEMO_SWEEP,
                     repository=repository,
                     url=server.grpc_url,
+                    variants=ladder_variants(manifest, floor),
                     admin_key_file=key_file,
                     slo_p99_ms=args.slo_p99_ms,
                     accuracy_floor=floor,
@@ -167,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         thread = threading.Thread(target=orch.run, name="orchestrator", daemon=True)
         thread.start()
         _say(f"orchestrator running: p99 ≤ {args.slo_p99_ms:g} ms, top-1 ≥ {floor:.4f}; decisions → {decisions}")
-        _say(f"Locust ({args.protocol}, open loop): {shape}")
+        _say(f"Locust ({args.protocol}, open loop, batch {args.batch_size}): {shape}")
         seen = {"n": 0}
 
         def progress(msg: str) -> None:
@@ -194,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
                 grpc_url=public_grpc,
                 protocol=args.protocol,
                 model=public,
+                batch_size=args.batch_size,
                 shape=shape,
                 open_loop=True,
                 workers=args.workers,

@@ -1,23 +1,88 @@
-"""An open-loop load generator on tritonclient's gRPC ``async_infer``: requests leave on schedule whether or not
-earlier ones have returned, and latency is measured from the scheduled send time, so a slow server cannot
-slow the load down (no coordinated omission). Used by the orchestrator's tests and benchmarks; Locust users
-live in ``loadtest/locustfile.py``.
+"""An open-loop load generator: requests leave on schedule whether or not earlier ones have returned, and latency
+is measured from the scheduled send time, so a slow server cannot slow the load down (no coordinated omission).
+Used by the orchestrator's tests and benchmarks; Locust users live in ``loadtest/locustfile.py``.
+
+It is built to cost the server as little CPU as possible, because on a shared machine every core-second it spends
+comes out of Triton's: one asyncio loop, requests serialized once per image before the clock starts, responses
+parsed only for the top-1 check, the garbage collector off during the run. Two transports: gRPC (grpc.aio, raw
+protobuf bytes, several channels) and HTTP (Triton's binary tensor extension over a pool of keep-alive
+connections, written on asyncio's transports directly: about 2.5× less client CPU per request than grpc.aio,
+which saturates one core near 2,500 requests/s). Each run reports its own CPU share and how late sends left; a run
+whose generator ran out of CPU or fell behind its schedule is marked invalid (:data:`GENERATOR_CPU_LIMIT`,
+:data:`SEND_LAG_LIMIT_MS`), as Locust warns above 90% CPU.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import json
+import math
+import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import grpc
 import numpy as np
-import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2
 
 from tritune import slo
-from tritune.model_io import INPUT_DATATYPE, INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME
+from tritune.model_io import INPUT_DATATYPE, INPUT_NAME, INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME
 
 RateFn = Callable[[float], float]  # seconds since start → requests per second
+
+INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+# The loop is one thread: above this share of one core it cannot keep the schedule, and the load it offers is no
+# longer the load asked for (Locust's own warning threshold).
+GENERATOR_CPU_LIMIT = 0.9
+# A late send only makes a run pessimistic (its latency is measured from the scheduled time, so the lateness counts
+# against the server); what makes a run wrong is a generator that no longer offers the load asked for. Sends this
+# late (p99) mean the schedule slipped, not that the loop was preempted for a few milliseconds on a busy machine.
+SEND_LAG_LIMIT_MS = 50.0
+
+
+@dataclass
+class GeneratorCost:
+    """What the generator itself cost during a run, and whether the run is valid because of it."""
+
+    cpu_s: float
+    wall_s: float
+    send_lag_p50_ms: float | None
+    send_lag_p99_ms: float | None
+    cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+    @property
+    def cpu_core_share(self) -> float:
+        """CPU seconds per wall second: 1.0 is one core (the event loop's limit)."""
+        return self.cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def invalid_because(self) -> str | None:
+        if self.cpu_core_share > GENERATOR_CPU_LIMIT:
+            return (
+                f"the load generator used {self.cpu_core_share:.0%} of a core (limit {GENERATOR_CPU_LIMIT:.0%}): "
+                "it, not the server, set the figures; lower the rate or run it on another machine"
+            )
+        if self.send_lag_p99_ms is not None and self.send_lag_p99_ms > SEND_LAG_LIMIT_MS:
+            return (
+                f"sends left {self.send_lag_p99_ms:.1f} ms late (p99; limit {SEND_LAG_LIMIT_MS:g} ms): the machine "
+                "could not run the generator on schedule"
+            )
+        return None
+
+    def report(self) -> dict:
+        """The fields every benchmark prints beside its figures."""
+        return {
+            "cpu_core_share": round(self.cpu_core_share, 3),
+            "machine_cpu_share": round(self.cpu_core_share / self.cores, 3),
+            "send_lag_p50_ms": self.send_lag_p50_ms,
+            "send_lag_p99_ms": self.send_lag_p99_ms,
+            "valid": self.invalid_because is None,
+            "invalid_because": self.invalid_because,
+        }
 
 
 @dataclass
@@ -34,6 +99,7 @@ class LoadResult:
     records: list[Record] = field(default_factory=list)
     duration_s: float = 0.0
     sent: int = 0
+    generator: GeneratorCost | None = None
 
     @property
     def failures(self) -> list[Record]:
@@ -94,7 +160,207 @@ def steps(*segments: tuple[float, float]) -> RateFn:
     return fn
 
 
+class _Grpc:
+    """gRPC transport: one grpc.aio call per request over ``channels`` connections, raw protobuf bytes each way."""
+
+    def __init__(self, load: OpenLoopLoad, channels: int):
+        self.load, self.n_channels = load, max(1, channels)
+        self.payloads = []
+        for idx in load.windows:
+            request = service_pb2.ModelInferRequest(model_name=load.model)
+            tensor = request.inputs.add()
+            tensor.name, tensor.datatype = INPUT_NAME, INPUT_DATATYPE
+            tensor.shape.extend([len(idx), *INPUT_SHAPE])
+            request.raw_input_contents.append(load.images[idx].tobytes())
+            self.payloads.append(request.SerializeToString())
+
+    async def open(self) -> None:
+        options = [
+            ("grpc.use_local_subchannel_pool", 1),  # each channel its own connection
+            ("grpc.max_send_message_length", -1),
+            ("grpc.max_receive_message_length", -1),
+        ]
+        self.channels = [grpc.aio.insecure_channel(self.load.url, options=options) for _ in range(self.n_channels)]
+        self.calls = [ch.unary_unary(INFER_METHOD) for ch in self.channels]  # bytes in, bytes out
+        self.tasks: set[asyncio.Task] = set()
+        self.i = 0
+
+    def send(self, k: int, scheduled: float) -> None:
+        self.i += 1
+        task = asyncio.ensure_future(self._call(self.calls[self.i % len(self.calls)], k, scheduled))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _call(self, call, k: int, scheduled: float) -> None:
+        try:
+            reply = await call(self.payloads[k], timeout=self.load.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            self.load._record(k, scheduled, None, f"[{exc.code()}] {exc.details()}")
+        except Exception as exc:  # the channel itself failed: count it, keep the schedule
+            self.load._record(k, scheduled, None, f"{type(exc).__name__}: {exc}")
+        else:
+            self.load._record(k, scheduled, service_pb2.ModelInferResponse.FromString(reply).raw_output_contents[0])
+
+    async def drain(self, timeout_s: float) -> None:
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=timeout_s)
+
+    async def close(self) -> None:
+        for ch in self.channels:
+            await ch.close()
+
+
+class _HttpConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection carrying one request at a time (Triton does not pipeline)."""
+
+    def __init__(self, http: _Http):
+        self.http = http
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.pending: tuple[int, float] | None = None  # (payload index, scheduled time)
+        self.deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def start(self, k: int, scheduled: float) -> None:
+        self.pending = (k, scheduled)
+        self.deadline = self.http.loop.call_later(self.http.load.timeout_s, self.transport.abort)
+        self.transport.write(self.http.payloads[k])
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0 or self.pending is None:
+            return
+        head = bytes(self.buf[:end]).lower()
+        at = head.find(b"\r\ncontent-length:")
+        if at < 0:
+            self._finish(None, "the server's reply has no Content-Length (chunked replies are not read here)")
+            self.transport.abort()
+            return
+        stop = head.find(b"\r\n", at + 17)
+        size = int(head[at + 17 : stop if stop > 0 else None])
+        if len(self.buf) < end + 4 + size:
+            return
+        body = bytes(self.buf[end + 4 : end + 4 + size])
+        del self.buf[: end + 4 + size]
+        if head[9:12] == b"200":
+            self._finish(body[-self.http.output_bytes :], None)
+        else:
+            self._finish(None, f"HTTP {head[9:12].decode()}: {body[:200].decode(errors='replace')}")
+        if self.transport is not None and not self.transport.is_closing():
+            self.http.idle(self)
+
+    def _finish(self, logits: bytes | None, error: str | None) -> None:
+        k, scheduled = self.pending
+        self.pending = None
+        self.deadline.cancel()
+        self.http.load._record(k, scheduled, logits, error)
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+        if self.pending is not None:
+            self._finish(None, f"connection lost ({exc or 'closed by the server or the deadline'})")
+        self.http.lost(self)
+
+
+class _Http:
+    """HTTP transport: Triton's binary tensor extension on a pool of keep-alive connections; a request goes out on
+    an idle connection at once, or on a new one (up to ``max_connections``; beyond that it waits for one, and
+    that wait counts in its latency)."""
+
+    def __init__(self, load: OpenLoopLoad, max_connections: int = 512):
+        self.load, self.max_connections = load, max_connections
+        host, _, port = load.url.removeprefix("http://").rstrip("/").rpartition(":")
+        self.host, self.port = host or "127.0.0.1", int(port)
+        self.payloads = []
+        for idx in load.windows:
+            raw = load.images[idx].tobytes()
+            header = json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": INPUT_NAME,
+                            "shape": [len(idx), *INPUT_SHAPE],
+                            "datatype": INPUT_DATATYPE,
+                            "parameters": {"binary_data_size": len(raw)},
+                        }
+                    ],
+                    "outputs": [{"name": OUTPUT_NAME, "parameters": {"binary_data": True}}],
+                },
+                separators=(",", ":"),
+            ).encode()
+            head = (
+                f"POST /v2/models/{load.model}/infer HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {len(header)}\r\n"
+                f"Content-Length: {len(header) + len(raw)}\r\n\r\n"
+            ).encode()
+            self.payloads.append(head + header + raw)
+        self.output_bytes = load.batch * NUM_CLASSES * 4  # FP32 logits at the end of the reply
+
+    async def open(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.free: list[_HttpConnection] = []
+        self.open_connections = 0
+        self.waiting: deque[tuple[int, float]] = deque()
+        self.connecting: set[asyncio.Task] = set()
+
+    def send(self, k: int, scheduled: float) -> None:
+        if self.free:
+            self.free.pop().start(k, scheduled)
+        elif self.open_connections < self.max_connections:
+            self.open_connections += 1
+            task = asyncio.ensure_future(self._connect_and_send(k, scheduled))
+            self.connecting.add(task)
+            task.add_done_callback(self.connecting.discard)
+        else:
+            self.waiting.append((k, scheduled))
+
+    async def _connect_and_send(self, k: int, scheduled: float) -> None:
+        try:
+            _, conn = await self.loop.create_connection(lambda: _HttpConnection(self), self.host, self.port)
+        except OSError as exc:
+            self.open_connections -= 1
+            self.load._record(k, scheduled, None, f"cannot connect to {self.host}:{self.port}: {exc}")
+            return
+        conn.start(k, scheduled)
+
+    def idle(self, conn: _HttpConnection) -> None:
+        if self.waiting:
+            conn.start(*self.waiting.popleft())
+        else:
+            self.free.append(conn)
+
+    def lost(self, conn: _HttpConnection) -> None:
+        self.open_connections -= 1
+        if conn in self.free:
+            self.free.remove(conn)
+        if self.waiting and self.open_connections < self.max_connections:
+            self.send(*self.waiting.popleft())
+
+    async def drain(self, timeout_s: float) -> None:
+        deadline = time.perf_counter() + timeout_s
+        while self.load._answered < self.load._sent and time.perf_counter() < deadline:
+            await asyncio.sleep(0.005)
+
+    async def close(self) -> None:
+        for conn in list(self.free):
+            if conn.transport is not None:
+                conn.transport.close()
+        await asyncio.sleep(0)
+
+
 class OpenLoopLoad:
+    """``OpenLoopLoad(url, model, images).run(seconds, rate)``: open-loop load from one asyncio loop.
+
+    ``protocol``: "grpc" (``url`` is host:port of the gRPC endpoint) or "http" (host:port of the HTTP endpoint;
+    Triton's binary tensor extension, the cheaper of the two for the client: about a third of gRPC's CPU per
+    request, see docs/benchmarks.md). ``batch`` images per request (cycling through ``images``); ``labels`` turn
+    on the per-response top-1 check; ``channels`` gRPC connections share the sends round robin. ``stop()`` ends
+    a run early from another thread.
+    """
+
     def __init__(
         self,
         url: str,
@@ -103,61 +369,78 @@ class OpenLoopLoad:
         labels: np.ndarray | None = None,
         batch: int = 1,
         timeout_s: float = 60.0,
+        channels: int = 4,
+        protocol: str = "grpc",
     ):
+        if protocol not in ("grpc", "http"):
+            raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
         self.url, self.model, self.batch, self.timeout_s = url, model, batch, timeout_s
-        self.images, self.labels = images.astype(np.float32), labels
+        self.images = np.ascontiguousarray(images, dtype=np.float32)
+        self.labels = None if labels is None else np.asarray(labels)
         self._stop = threading.Event()
+        # One request per distinct window of images, serialized before the clock starts: request i carries
+        # images (i·batch + k) mod n.
+        n = len(self.images)
+        self.windows = [[(i * batch + k) % n for k in range(batch)] for i in range(n // math.gcd(n, batch))]
+        self._transport = _Grpc(self, channels) if protocol == "grpc" else _Http(self)
 
     def stop(self) -> None:
         self._stop.set()
 
+    def _record(self, k: int, scheduled: float, logits: bytes | None, error: str | None = None) -> None:
+        latency = (time.perf_counter() - self._start - scheduled) * 1000
+        self._answered += 1
+        if error is not None:
+            self._result.records.append(Record(scheduled, latency, False, error[:200]))
+            return
+        correct = None
+        if self.labels is not None:
+            predicted = np.frombuffer(logits, "<f4").reshape(-1, NUM_CLASSES).argmax(1)
+            correct = bool((predicted == self.labels[self.windows[k]]).all())
+        self._result.records.append(Record(scheduled, latency, True, None, correct))
+
     def run(self, duration_s: float, rate: RateFn) -> LoadResult:
-        load = LoadResult()
-        lock = threading.Lock()
-        outstanding = threading.Semaphore(0)
-        client = grpcclient.InferenceServerClient(self.url)
-        n_images = len(self.images)
-        start = time.perf_counter()
+        # The collector would scan every record and call kept so far, more often the more requests are in flight:
+        # at a few hundred requests/s that alone took a third of the generator's CPU and delayed sends by seconds.
+        # Nothing the run allocates forms a cycle that must be freed before it ends; collect once afterwards.
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return asyncio.run(self._run(duration_s, rate))
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    async def _run(self, duration_s: float, rate: RateFn) -> LoadResult:
+        load = self._result = LoadResult()
+        self._sent = self._answered = 0
+        transport = self._transport
+        await transport.open()
+        lags_ms: list[float] = []
+        cpu0 = time.process_time()
+        start = self._start = time.perf_counter()
         t = 0.0
-        i = 0
+        n = len(self.windows)
         try:
             while t < duration_s and not self._stop.is_set():
-                r = max(rate(t), 1e-3)
-                now = time.perf_counter() - start
-                if t > now:
-                    time.sleep(t - now)
-                idx = [(i * self.batch + k) % n_images for k in range(self.batch)]
-                inp = grpcclient.InferInput(INPUT_NAME, [self.batch, *INPUT_SHAPE], INPUT_DATATYPE)
-                inp.set_data_from_numpy(self.images[idx])
-                expected = self.labels[idx] if self.labels is not None else None
-
-                # tritonclient calls back with keywords: result=..., error=...
-                def done(result=None, error=None, scheduled=t, expected=expected):
-                    latency = (time.perf_counter() - start - scheduled) * 1000
-                    correct = None
-                    if error is None and expected is not None:
-                        correct = bool((result.as_numpy(OUTPUT_NAME).argmax(1) == expected).all())
-                    rec = Record(
-                        scheduled, latency, error is None, None if error is None else str(error)[:200], correct
-                    )
-                    with lock:
-                        load.records.append(rec)
-                    outstanding.release()
-
-                try:
-                    client.async_infer(self.model, [inp], done, client_timeout=self.timeout_s)
-                except Exception as exc:  # the channel itself failed: count it, keep the schedule
-                    with lock:
-                        load.records.append(Record(t, 0.0, False, str(exc)[:200]))
-                    outstanding.release()
-                load.sent += 1
-                i += 1
-                t += 1.0 / r
+                # Yield to the loop before every send, also when behind schedule: replies are read only while this
+                # coroutine waits. asyncio's timers have millisecond granularity; a send may leave up to ~1 ms late,
+                # and that lateness counts in its latency (it is measured from the scheduled time) and in the lag.
+                await asyncio.sleep(max(0.0, t - (time.perf_counter() - start)))
+                if self._sent % 8 == 0:  # a sample is enough for the lag's percentiles
+                    lags_ms.append((time.perf_counter() - start - t) * 1000)
+                transport.send(self._sent % n, t)
+                self._sent += 1
+                t += 1.0 / max(rate(t), 1e-3)
             load.duration_s = min(t, duration_s)
-            for _ in range(load.sent):  # wait for every callback (bounded by the client timeout)
-                if not outstanding.acquire(timeout=self.timeout_s + 5):
-                    break
+            await transport.drain(self.timeout_s + 5)  # every reply or its deadline
         finally:
-            client.close()
+            wall = time.perf_counter() - start
+            cpu = time.process_time() - cpu0
+            await transport.close()
+        load.sent = self._sent
+        load.generator = GeneratorCost(
+            cpu, wall, slo.percentile_ms(lags_ms, 50, digits=3), slo.percentile_ms(lags_ms, 99, digits=3)
+        )
         load.records.sort(key=lambda r: r.scheduled_s)
         return load

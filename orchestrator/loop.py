@@ -124,6 +124,10 @@ class OrchestratorMetrics:
             self.accuracy.set(ctx.variants[c.variant].top1)
 
 
+def print_status(line: str) -> None:
+    print(line, flush=True)
+
+
 @dataclass
 class LoopOptions:
     model: str = "cnn"
@@ -139,7 +143,8 @@ class LoopOptions:
     # controller did nothing can be explained afterwards, at a few records a minute.
     hold_log_interval_s: float = 10.0
     status_interval_s: float = 0.0  # print a status line this often; 0: never
-    status: Callable[[str], None] = field(default=lambda line: print(line, flush=True), repr=False)
+    # a module-level function, not a lambda: the options travel to an orchestrator in another process by pickle
+    status: Callable[[str], None] = field(default=print_status, repr=False)
 
 
 class Orchestrator:

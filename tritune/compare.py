@@ -18,6 +18,7 @@ Without per-image results (a manifest built before they were recorded), only the
 from __future__ import annotations
 
 import base64
+import itertools
 import math
 from dataclasses import dataclass
 from enum import StrEnum
@@ -94,3 +95,61 @@ def compare(a_correct: np.ndarray | None, b_correct: np.ndarray | None, a_top1: 
         (AccuracyVerdict.BETTER if only_a > only_b else AccuracyVerdict.WORSE) if p < alpha else AccuracyVerdict.TIE
     )
     return Comparison(verdict, p, only_a, only_b, paired=True)
+
+
+@dataclass(frozen=True)
+class Level:
+    """One rung of the accuracy ladder: variants the paired test cannot tell from the rung's most accurate one."""
+
+    members: tuple[str, ...]  # most accurate first
+    top1: float  # of the first member
+    cheapest: str  # what the policy serves of this rung (among ties the cheaper wins)
+    cost: float  # the cheapest member's cost
+    p_vs_above: float | None  # the paired test of this rung's first member against the rung above's; None on top
+
+
+def ladder(variants: dict[str, tuple[float, np.ndarray | None, float]], alpha: float = ALPHA) -> list[Level]:
+    """Group ``{name: (top1, per-image correctness or None, cost)}`` into accuracy levels, most accurate first.
+
+    Walking down by top-1, a variant opens a new level when it is significantly worse than the first member of the
+    current level; otherwise it ties with it and joins. The ladder is *separated* when consecutive levels' first
+    members differ significantly (true by construction) and *ordered* when each level's cheapest member costs less
+    than the one above's (:func:`ordered`).
+    """
+    order = sorted(variants, key=lambda n: (-variants[n][0], variants[n][2]))
+    groups: list[list[str]] = []
+    p_values: list[float | None] = []
+    for name in order:
+        top1, hits, _ = variants[name]
+        if groups:
+            head = groups[-1][0]
+            c = compare(hits, variants[head][1], top1, variants[head][0], alpha)
+            if c.verdict != AccuracyVerdict.WORSE:
+                groups[-1].append(name)
+                continue
+            p_values.append(c.p_value)
+        else:
+            p_values.append(None)
+        groups.append([name])
+    levels = []
+    for members, p in zip(groups, p_values, strict=True):
+        cheapest = min(members, key=lambda n: variants[n][2])
+        levels.append(Level(tuple(members), variants[members[0]][0], cheapest, variants[cheapest][2], p))
+    return levels
+
+
+def ordered(levels: list[Level]) -> bool:
+    """Each level's cheapest member is cheaper than the level above's: going down the ladder buys capacity."""
+    return all(lo.cost < hi.cost for hi, lo in itertools.pairwise(levels))
+
+
+def variant_ladder(variants: dict, floor: float = 0.0) -> list[Level]:
+    """:func:`ladder` of manifest or policy variants (anything with ``top1``, ``correct`` and ``latency_ms_b32``)
+    at or above ``floor``; the cost is the build's batch-32 latency, as the policy reads it."""
+    return ladder(
+        {
+            name: (v.top1, unpack(v.correct) if v.correct else None, v.latency_ms_b32)
+            for name, v in variants.items()
+            if v.top1 >= floor
+        }
+    )

@@ -201,10 +201,14 @@ class RulePolicy:
         yield from self._faster(c, ctx, why.reason)
 
     def _faster(self, c: ServingConfig, ctx: Context, why: str) -> Iterator[Proposal]:
-        """Cheaper variants at or above the floor, the most accurate first."""
-        limit_ms = ctx.cost(c.variant) * FASTER_VARIANT_COST_RATIO
-        faster = [v for v in ctx.allowed_variants() if v.latency_ms_b32 < limit_ms]
-        for target in sorted(faster, key=lambda v: (-v.top1, v.latency_ms_b32)):
+        """Cheaper variants at or above the floor: first those that buy real capacity (at least
+        ``FREE_VARIANT_SPEEDUP`` cheaper), the most accurate first, then the merely cheaper ones. A tie-mate a few
+        percent cheaper (the next member of the same accuracy level) costs a reload and a drain for little; under
+        a step it would be one more action before the next level, which does hold the load."""
+        cost = ctx.cost(c.variant)
+        faster = [v for v in ctx.allowed_variants() if v.latency_ms_b32 < cost * FASTER_VARIANT_COST_RATIO]
+        order = lambda v: (v.latency_ms_b32 > cost / FREE_VARIANT_SPEEDUP, -v.top1, v.latency_ms_b32)  # noqa: E731
+        for target in sorted(faster, key=order):
             yield Proposal(
                 replace(c, variant=target.name),
                 Direction.UP,

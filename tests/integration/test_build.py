@@ -16,6 +16,7 @@ from builders.build import VARIANTS
 from tritune.compare import unpack
 from tritune.model_config import ModelConfig
 
+HELD_OUT = 899  # half of scikit-learn's 1,797 digits (builders/data.py)
 QUICK = [
     "--subset",
     "160",
@@ -56,7 +57,7 @@ def test_run_says_which_dataset_it_used(built):
 def test_manifest_records_every_variant(built):
     root, _ = built
     manifest = json.loads((root / "repo" / "manifest.json").read_text())
-    assert manifest["dataset"]["name"] == "digits" and manifest["dataset"]["held_out_images"] == 360
+    assert manifest["dataset"]["name"] == "digits" and manifest["dataset"]["held_out_images"] == HELD_OUT
     assert list(manifest["variants"]) == list(VARIANTS)
     fp32 = manifest["variants"]["fp32"]
     for name, v in manifest["variants"].items():
@@ -67,11 +68,14 @@ def test_manifest_records_every_variant(built):
         assert v["latency_ms"]["batch_1"] > 0 and v["latency_ms"]["batch_32"] > 0
         assert v["target"] == "cpu" and v["built_with"]["onnxruntime"] and v["built_with"]["tensorrt"] is None
         hits = unpack(v["correct"])  # per-image correctness, for the paired comparison
-        assert len(hits) == 360 and hits.mean() == pytest.approx(v["top1"])
+        assert len(hits) == HELD_OUT and hits.mean() == pytest.approx(v["top1"])
         assert v["top1_ci95"][0] <= v["top1"] <= v["top1_ci95"][1]
     assert manifest["variants"]["pruned"]["parameters"] <= 0.6 * fp32["parameters"]
     assert manifest["variants"]["pruned"]["flops"] <= 0.6 * fp32["flops"]
     assert manifest["variants"]["int8"]["file_bytes"] < 0.5 * fp32["file_bytes"]
+    # the ladder's lower rungs: each student looks at less of the image, so each costs less than the one above
+    flops = [manifest["variants"][v]["flops"] for v in ("distilled", "small", "tiny")]
+    assert flops[0] > 3 * flops[1] > 9 * flops[2]
     assert fp32["error_vs_fp32"]["max_abs_err"] == 0.0
 
 

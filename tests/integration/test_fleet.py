@@ -27,7 +27,7 @@ from orchestrator.metrics import parse_metrics
 from tests.integration.conftest import ADMIN_KEY, start_server, triton_abort_is_inconclusive
 from tritune.apply import serving_config
 from tritune.client import InferenceClient
-from tritune.errors import AdminError
+from tritune.errors import AdminError, ServerUnavailableError
 from tritune.fleet import FleetFile, FrontDoorEndpoints, ReplicaEndpoints
 from tritune.frontdoor import CADDY_BUCKETS_S, FrontDoor, FrontDoorSettings, Upstream
 from tritune.model_io import INPUT_DATATYPE, INPUT_NAME, INPUT_SHAPE
@@ -265,7 +265,12 @@ def test_a_killed_replica_fails_only_its_requests_in_flight_and_gets_the_fleet_c
             victim.start()
             returned = time.monotonic()
             while True:
-                live = serving_config(InferenceClient(victim.grpc_url, "grpc").model_config(MODEL))
+                # A new gRPC channel shares the process's subchannel to that address, which the orchestrator's
+                # failed connects left in reconnect backoff: the first calls may still say "connection refused".
+                try:
+                    live = serving_config(InferenceClient(victim.grpc_url, "grpc").model_config(MODEL))
+                except ServerUnavailableError:
+                    live = None
                 if live == orch.fleet.config:
                     break
                 assert time.monotonic() < returned + 30, (live, [e for e in orch.history if "replica" in e["event"]])

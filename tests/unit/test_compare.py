@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tritune.compare import AccuracyVerdict, compare, mcnemar_exact_p, pack, unpack, wilson
+from tritune.compare import AccuracyVerdict, compare, ladder, mcnemar_exact_p, ordered, pack, unpack, wilson
 
 
 def test_mcnemar_exact_and_wilson_match_scipy():
@@ -92,3 +92,34 @@ def test_the_policy_restores_only_a_significantly_more_accurate_variant():
 
     assert "restore-variant" not in proposals(tie)
     assert "restore-variant" in proposals(better)
+
+
+def _worse(hits: np.ndarray, n: int) -> np.ndarray:
+    """``hits`` with its first ``n`` correct images turned wrong (a variant nested below it)."""
+    out = hits.copy()
+    out[np.flatnonzero(hits)[:n]] = False
+    return out
+
+
+def test_ladder_groups_ties_and_opens_a_level_at_a_significant_gap():
+    rng = np.random.default_rng(1)
+    top = rng.random(900) < 0.98
+    variants = {
+        "fp32": (top.mean(), top, 40.0),
+        "pruned": (_worse(top, 2).mean(), _worse(top, 2), 10.0),  # two images behind: a tie, and cheaper
+        "small": (_worse(top, 50).mean(), _worse(top, 50), 3.0),
+        "tiny": (_worse(top, 110).mean(), _worse(top, 110), 0.3),
+    }
+    levels = ladder(variants)
+    assert [lv.members for lv in levels] == [("fp32", "pruned"), ("small",), ("tiny",)]
+    assert [lv.cheapest for lv in levels] == ["pruned", "small", "tiny"]
+    assert levels[0].p_vs_above is None and all(lv.p_vs_above < 0.05 for lv in levels[1:])
+    assert ordered(levels)
+    # a lower level that costs more than the one above is not a trade worth offering
+    variants["tiny"] = (*variants["tiny"][:2], 20.0)
+    assert not ordered(ladder(variants))
+
+
+def test_ladder_without_per_image_results_falls_back_to_the_point_estimates():
+    levels = ladder({"a": (0.98, None, 2.0), "b": (0.98, None, 1.0), "c": (0.90, None, 0.5)})
+    assert [lv.members for lv in levels] == [("b", "a"), ("c",)] and levels[1].p_vs_above is None  # ties: cheaper first

@@ -23,7 +23,7 @@ def test_offline_fallback_is_a_real_bundled_dataset(tmp_path):
     assert ds.name == "digits" and "scikit-learn" in ds.source
     assert ds.x_train.shape[1:] == (3, 32, 32) and ds.x_train.dtype == np.float32
     assert ds.x_train.min() >= 0.0 and ds.x_train.max() <= 1.0
-    assert len(ds.x_test) == 360 and set(np.unique(ds.y_train)) == set(range(10))
+    assert len(ds.x_test) == 899 and len(ds.x_train) == 898 and set(np.unique(ds.y_train)) == set(range(10))
     # held-out images never appear in the training split
     train_rows = {r.tobytes() for r in ds.x_train.reshape(len(ds.x_train), -1)}
     assert not any(r.tobytes() in train_rows for r in ds.x_test.reshape(len(ds.x_test), -1))

@@ -49,3 +49,11 @@ def test_a_failed_load_resyncs_with_what_triton_serves_or_suspects_a_restart(tmp
     assert orch.history[-1]["event"] == "apply-failed"
     assert orch.current == current and orch._suspect_restart is suspect
     orch.close()
+
+
+def test_options_travel_to_an_orchestrator_in_another_process():
+    # The benchmarks run the orchestrator in a process of its own (spawn): its options must pickle.
+    import pickle
+
+    opts = LoopOptions(model="cnn", metrics_url="http://127.0.0.1:1/metrics")
+    assert pickle.loads(pickle.dumps(opts)).status is opts.status

@@ -614,3 +614,20 @@ def test_busy_on_the_cores_a_neighbour_leaves_steps_to_a_cheaper_variant():
     sim.run(8, busy)
     assert [(r, c.variant) for (_, _, r), c in zip(sim.log, sim.configs, strict=True)] == [("faster-variant", "int8")]
     assert "core(s) left to Triton" in sim.reasons[0]
+
+
+def test_under_pressure_the_next_accuracy_level_comes_before_a_tie_mate_a_few_percent_cheaper():
+    # the build's ladder: pruned and distilled tie (distilled 7% cheaper), small and tiny are levels below
+    ladder = {
+        "pruned": VariantInfo("pruned", "cnn_pruned", 0.983, 12.4),
+        "distilled": VariantInfo("distilled", "cnn_distilled", 0.974, 11.6),
+        "small": VariantInfo("small", "cnn_small", 0.923, 3.5),
+        "tiny": VariantInfo("tiny", "cnn_tiny", 0.858, 0.3),
+    }
+    c = Context(objective=Objective(SLO, 0.85), variants=ladder, cores=2, headroom=False)
+    maxed = ServingConfig("pruned", 2, 1, True, 12500)
+    p = RulePolicy().propose(overloaded(10.0, instances=2), maxed, c)
+    assert p.config.variant == "small"  # one reload to a level that holds, not two
+    # with no lower level above the floor, the tie-mate is still the capacity left
+    only_ties = Context(objective=Objective(SLO, 0.97), variants=ladder, cores=2, headroom=False)
+    assert RulePolicy().propose(overloaded(10.0, instances=2), maxed, only_ties).config.variant == "distilled"

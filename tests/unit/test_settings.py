@@ -24,7 +24,7 @@ def _parse(argv, monkeypatch, tmp_path, env=None):
 
 def test_builtin_defaults(monkeypatch, tmp_path):
     opts = _parse(["build"], monkeypatch, tmp_path)
-    assert opts.epochs == 12 and opts.variants == ("fp32", "pruned", "distilled", "fp16", "int8")
+    assert opts.epochs == 12 and opts.variants == ("fp32", "pruned", "distilled", "fp16", "int8", "small", "tiny")
 
 
 def test_each_layer_overrides_the_one_below(monkeypatch, tmp_path):
