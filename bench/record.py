@@ -57,8 +57,14 @@ def main() -> int:
         "the other parts stay as they are, each with its own commit, date and command",
     )
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- then the benchmark command")
-    args = ap.parse_args()
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    argv = sys.argv[1:]
+    if "--" in argv:  # options may come after the name: everything before "--" is ours
+        cut = argv.index("--")
+        args = ap.parse_args(argv[:cut])
+        command = argv[cut + 1 :]
+    else:
+        args = ap.parse_args(argv)
+        command = args.command
     if not command:
         ap.error("give the benchmark command after --")
     started = time.monotonic()
