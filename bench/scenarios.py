@@ -259,8 +259,8 @@ def convergence(windows: list[dict], changes: list[float], end_s: float, action_
         until = changes[i + 1] if i + 1 < len(changes) else end_s
         span = [w for w in windows if t <= w["start_s"] < until]
         settled = next((w["start_s"] for k, w in enumerate(span) if all(x["slo_met"] for x in span[k:])), None)
-        seconds = None if settled is None else round(settled - t + WINDOW_S if settled > t else 0.0, 1)
-        stop = until if settled is None else settled + WINDOW_S
+        seconds = None if settled is None else round(settled - t, 1)
+        stop = until if settled is None else settled
         out.append(
             {
                 "at_s": t,

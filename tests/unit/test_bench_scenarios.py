@@ -1,0 +1,34 @@
+"""The scenario suite's pure parts: load shapes from capacities, convergence after each change, time-weighted top-1."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.scenarios import SCENARIOS, Capacity, change_points, convergence, steps
+
+
+def windows(missed: set[float], end_s: float) -> list[dict]:
+    return [{"start_s": float(t), "slo_met": t not in missed} for t in range(0, int(end_s), 5)]
+
+
+def test_convergence_counts_from_each_change_to_the_window_from_which_the_slo_held():
+    shape = steps((30, 100), (45, 400), (120, 100))
+    changes = change_points(shape)
+    assert changes == [30.0, 75.0]
+    out = convergence(windows({30, 35, 40, 45}, shape.duration_s), changes, shape.duration_s, [-7.0, 35.7, 47.5])
+    assert out[0] == {"at_s": 30.0, "seconds_until_slo_holds": 20.0, "actions": 2}
+    assert out[1] == {"at_s": 75.0, "seconds_until_slo_holds": 0.0, "actions": 0}
+    never = convergence(windows({190}, shape.duration_s), changes, shape.duration_s, [100.0])
+    assert never[1] == {"at_s": 75.0, "seconds_until_slo_holds": None, "actions": 1}
+
+
+def test_every_scenario_builds_its_load_from_the_measured_capacities():
+    c = Capacity((1200.0, 1950.0, 2000.0))
+    assert c.beyond_top() == pytest.approx(1560.0)  # 1.4× the top level, capped at 0.8× the next
+    assert Capacity((1000.0, 3000.0)).beyond_top() == pytest.approx(1400.0)
+    assert len(SCENARIOS) == 7
+    for s in SCENARIOS.values():
+        shape = s.shape(c)
+        peak = max(v for _, v in shape.timeline(1.0))
+        assert shape.duration_s >= 90 and 0 < peak <= 0.8 * c.level(1) + 1e-9
+    assert SCENARIOS["long_trace"].shape(c).duration_s >= 300
