@@ -56,13 +56,13 @@ def main() -> int:
         help="keep this run as one part of docs/results/NAME.json (e.g. one scenario of a suite measured in pieces): "
         "the other parts stay as they are, each with its own commit, date and command",
     )
-    ap.add_argument("command", nargs=argparse.REMAINDER, help="-- then the benchmark command")
     argv = sys.argv[1:]
-    if "--" in argv:  # options may come after the name: everything before "--" is ours
+    if "--" in argv:  # options may come after the name: everything before "--" is ours, the rest the command
         cut = argv.index("--")
         args = ap.parse_args(argv[:cut])
         command = argv[cut + 1 :]
     else:
+        ap.add_argument("command", nargs=argparse.REMAINDER, help="-- then the benchmark command")
         args = ap.parse_args(argv)
         command = args.command
     if not command:
