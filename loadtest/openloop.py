@@ -422,7 +422,8 @@ class OpenLoopLoad:
         t = 0.0
         n = len(self.windows)
         try:
-            while t < duration_s and not self._stop.is_set():
+            # t is a running sum of 1/rate: without the tolerance its rounding error adds a send at the very end
+            while t < duration_s - 1e-9 and not self._stop.is_set():
                 # Yield to the loop before every send, also when behind schedule: replies are read only while this
                 # coroutine waits. asyncio's timers have millisecond granularity; a send may leave up to ~1 ms late,
                 # and that lateness counts in its latency (it is measured from the scheduled time) and in the lag.
