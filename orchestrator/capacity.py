@@ -31,18 +31,17 @@ ratio is then not exported).
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.metrics import Window
+from orchestrator.policy.profile import service_rate
 from orchestrator.policy.types import Context
 from tritune.errors import ConfigError
 from tritune.serving import ServingConfig
 
-MIN_BUSY_SHARE = 0.2  # below this the busy time is too small a sample to extrapolate a service rate from
 LEARNED_WINDOWS = 5  # windows the learned estimate needs (and takes the median of)
 # A service rate is measured below saturation; at full utilization queueing stretches the window's busy time.
 HEADROOM = 0.9  # the share of a replica's service rate that counts as "held within the SLO"
@@ -126,9 +125,4 @@ class CapacityEstimator:
     @staticmethod
     def _service_rate(w: Window, config: ServingConfig, ctx: Context) -> float | None:
         """One replica's images/s at the served config if its instances were always busy, from this window."""
-        if not w.requests or w.failures or not w.replicas or w.interval_s <= 0 or config.variant not in ctx.variants:
-            return None
-        busy = w.busy_s / (w.interval_s * config.instances * w.replicas)
-        if busy < MIN_BUSY_SHARE or not math.isfinite(busy):
-            return None
-        return w.throughput_infer_per_s / w.replicas / min(busy, 1.0)
+        return service_rate(w, config) if config.variant in ctx.variants else None

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from orchestrator.metrics import Window
 from orchestrator.policy.guards import GuardConfig, GuardState, clamp, guard
+from orchestrator.policy.profile import ServiceProfile
 from orchestrator.policy.rules import Policy
 from orchestrator.policy.signals import has_backlog, slo_met
 from orchestrator.policy.types import Action, Context, Decision, Direction, Rule, Verdict
@@ -58,6 +59,7 @@ class ControllerState:
     actions: int = 0
     rollbacks: int = 0
     restarts: int = 0
+    profile: ServiceProfile = field(default_factory=ServiceProfile)  # service rates learned from steady windows
 
 
 def step(
@@ -106,6 +108,10 @@ def step(
             "stuck; check its log and restart it (`tritune serve` restarts a server that exits)",
         ), state
 
+    if w.versions <= 1 and (last_action is None or w.start_s >= last_action + cfg.guards.cooldown_s):
+        # A steady window (no reload in it, no second version, past the cool-down's cold instances) measures the
+        # served config's service rate.
+        state = replace(state, profile=state.profile.observe(w, current))
     if w.versions > 1 and last_action is not None and now_s - last_action < DRAIN_WAIT_S:
         # The old variant still drains its queue beside the new one (both on the same cores): its windows say
         # nothing about the new config, and a reload while two copies run risks Triton 2.51's abort (signal 11).
@@ -188,7 +194,7 @@ def _propose(w, current, state, ctx, policy, cfg, now_s) -> tuple[Decision, Cont
         clamped = clamp(target, current, w, ctx, cfg.guards)
         return clamped != current and clamped not in tabu
 
-    proposal = policy.propose(w, current, ctx, allowed)
+    proposal = policy.propose(w, current, replace(ctx, profile=state.profile), allowed)
     decision, gstate = guard(proposal, current, w, ctx, cfg.guards, state.guard, now_s)
     return decision, replace(state, guard=gstate)
 

@@ -16,6 +16,7 @@ from orchestrator.metrics import Window
 from orchestrator.policy.signals import (
     Pressure,
     Thresholds,
+    busy_share,
     instance_cap,
     light,
     pressure,
@@ -153,7 +154,7 @@ class RulePolicy:
                 # Other processes hold the cores another instance would need, and they (a client on this machine
                 # among them) queue for the CPU behind Triton's busy instances, which Triton's own latency does not
                 # show: a cheaper variant is the capacity left.
-                yield from self._faster(c, ctx, f"{why.reason} on the {usable_cores(ctx, w)} core(s) left to Triton")
+                yield from self._faster(w, c, ctx, f"{why.reason} on the {usable_cores(ctx, w)} core(s) left to Triton")
             return
         if not c.dynamic_batching:
             batched = self._batched(c, ctx)
@@ -198,23 +199,33 @@ class RulePolicy:
                 Rule.LENGTHEN_QUEUE_DELAY,
                 f"{why.reason}; batch {w.avg_batch:.1f}, larger batches amortize",
             )
-        yield from self._faster(c, ctx, why.reason)
+        yield from self._faster(w, c, ctx, why.reason)
 
-    def _faster(self, c: ServingConfig, ctx: Context, why: str) -> Iterator[Proposal]:
+    def _faster(self, w: Window, c: ServingConfig, ctx: Context, why: str) -> Iterator[Proposal]:
         """Cheaper variants at or above the floor: first those that buy real capacity (at least
-        ``FREE_VARIANT_SPEEDUP`` cheaper), the most accurate first, then the merely cheaper ones. A tie-mate a few
-        percent cheaper (the next member of the same accuracy level) costs a reload and a drain for little; under
-        a step it would be one more action before the next level, which does hold the load."""
+        ``FREE_VARIANT_SPEEDUP`` cheaper) and are predicted to hold this window's load, the most accurate first;
+        then the other real-capacity ones, cheapest first (the one that comes nearest to holding); then the merely
+        cheaper. A tie-mate a few percent cheaper (the next member of the same accuracy level) costs a reload and a
+        drain for little; under a step it would be one more action before the next level, which does hold."""
         cost = ctx.cost(c.variant)
+        busy = min(1.0, busy_share(w, c))
         faster = [v for v in ctx.allowed_variants() if v.latency_ms_b32 < cost * FASTER_VARIANT_COST_RATIO]
-        order = lambda v: (v.latency_ms_b32 > cost / FREE_VARIANT_SPEEDUP, -v.top1, v.latency_ms_b32)  # noqa: E731
+        predicted = {v.name: ctx.profile.predict(w, c, v.name, ctx, busy) for v in faster}
+
+        def order(v):
+            real = v.latency_ms_b32 <= cost / FREE_VARIANT_SPEEDUP
+            holds = predicted[v.name].utilization < self.thresholds.utilization_over
+            if real and holds:
+                return (0, -v.top1, v.latency_ms_b32)
+            return (1, 0.0, v.latency_ms_b32) if real else (2, -v.top1, v.latency_ms_b32)
+
         for target in sorted(faster, key=order):
             yield Proposal(
                 replace(c, variant=target.name),
                 Direction.UP,
                 Rule.FASTER_VARIANT,
-                f"{why}; {c.variant} → {target.name} (top-1 {target.top1:.4f} ≥ floor "
-                f"{ctx.objective.accuracy_floor:.4f})",
+                f"{why}; {c.variant} → {target.name}, {predicted[target.name].describe()} (top-1 "
+                f"{target.top1:.4f} ≥ floor {ctx.objective.accuracy_floor:.4f})",
             )
 
     def _down(self, w: Window, c: ServingConfig, ctx: Context) -> Iterator[Proposal]:
@@ -228,13 +239,13 @@ class RulePolicy:
                 key=lambda v: v.latency_ms_b32,
             )
             for v in more:  # the cheapest more accurate variant predicted to fit comes first
-                predicted = util * v.latency_ms_b32 / ctx.cost(c.variant)
-                if predicted < self.thresholds.restore_target_utilization:
+                predicted = ctx.profile.predict(w, c, v.name, ctx, util)
+                if predicted.utilization < self.thresholds.restore_target_utilization:
                     yield Proposal(
                         replace(c, variant=v.name),
                         Direction.DOWN,
                         Rule.RESTORE_VARIANT,
-                        f"light load ({util:.0%} busy); {v.name} predicted {predicted:.0%} busy",
+                        f"light load ({util:.0%} busy); {v.name} {predicted.describe()}",
                     )
         if c.dynamic_batching and c.max_queue_delay_us > self.initial_delay_us:
             yield Proposal(

@@ -3,9 +3,10 @@ the enums that name directions, actions, rules and kinds of pressure."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
+from orchestrator.policy.profile import ServiceProfile
 from tritune.compare import AccuracyVerdict, Comparison, compare, unpack
 from tritune.errors import ConfigError
 from tritune.manifest import Manifest
@@ -134,6 +135,8 @@ class Context:
     # costs memory only): the capacity is then in place before load rises, with no reload under load. This default
     # is the orchestrate command's and the benchmarks' default too.
     headroom: bool = True
+    # The service rates learned so far (the controller's state, handed in each tick): what a switch predicts.
+    profile: ServiceProfile = field(default_factory=ServiceProfile)
 
     def __post_init__(self) -> None:
         if self.cores < 1:

@@ -1,0 +1,104 @@
+"""Per-variant service rates learned from the live windows, and the utilization they predict for a switch.
+
+The manifest's cost of a variant (in-process ORT latency at batch 32) ranks the variants, but it does not say what
+each holds when served: Triton's own per-request work, the batch sizes the load makes, and the cores the client
+shares all come on top, and they weigh more on a cheap variant than on a dear one (on the bundled data the build
+says ``small`` is 3.6× cheaper than ``pruned``; served, it holds 2×). A switch predicted from the build's ratio
+alone misjudges by that factor, and a switch back up the ladder then never looks safe.
+
+So the controller learns, per variant and instance count, the service rate it saw served: images/s per replica
+with every instance busy (throughput ÷ busy share), from steady windows only (no reload in progress, no second
+version draining, enough busy time to extrapolate from). A prediction uses the target's own learned rate where
+there is one, else the current variant's learned rate converted by the build's cost ratio, else the window's
+busy share times that ratio: measured first, the build only where nothing was measured.
+
+Windows at low load run small batches, which cost more per image than the large batches of a saturated instance,
+so a learned rate errs low: a prediction errs towards "does not fit", which is the safe side for both a step
+down (the next level is then asked to hold more than it must) and a step back up.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # types.Context holds a profile: this module imports nothing of the policy at run time
+    from orchestrator.metrics import Window
+    from orchestrator.policy.types import Context
+    from tritune.serving import ServingConfig
+
+MIN_BUSY_SHARE = 0.2  # below this the busy time is too small a sample to extrapolate a service rate from
+LEARNED_WINDOWS = 3  # windows a learned rate needs before it is trusted (the median of them is used)
+KEPT_WINDOWS = 12  # the most recent windows kept per variant and instance count
+
+
+class RateSource(StrEnum):
+    LEARNED = "learned"  # the target's own service rate, measured while it served
+    CONVERTED = "converted"  # the current variant's measured rate × the build's cost ratio
+    BUILD = "build"  # the window's busy share × the build's cost ratio: nothing measured yet
+
+
+def service_rate(w: Window, config: ServingConfig) -> float | None:
+    """One replica's images/s at ``config`` if its instances were always busy, from this window; None when the
+    window is too idle (or failing) to extrapolate from."""
+    if not w.requests or w.failures or not w.replicas or w.interval_s <= 0:
+        return None
+    busy = w.busy_s / (w.interval_s * config.instances * w.replicas)
+    if busy < MIN_BUSY_SHARE or not math.isfinite(busy):
+        return None
+    return w.throughput_infer_per_s / w.replicas / min(busy, 1.0)
+
+
+def offered_per_replica(w: Window) -> float:
+    """Images/s one replica is asked for: what completed plus the backlog spread over the window (an upper bound
+    on the arrivals when a backlog stands, the completions otherwise)."""
+    images_per_request = w.throughput_infer_per_s / w.request_rate_per_s if w.request_rate_per_s else 1.0
+    backlog = w.pending_requests * images_per_request / w.interval_s if w.interval_s > 0 else 0.0
+    return (w.throughput_infer_per_s + backlog) / max(w.replicas, 1)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    utilization: float  # the target's predicted busy share at this window's load
+    source: RateSource
+
+    def describe(self) -> str:
+        return f"predicted {self.utilization:.0%} busy ({self.source})"
+
+
+@dataclass(frozen=True)
+class ServiceProfile:
+    """Learned service rates: ((variant, instances), recent rates) pairs, oldest first. Immutable, so that the
+    controller's state stays a value."""
+
+    rates: tuple[tuple[tuple[str, int], tuple[float, ...]], ...] = ()
+
+    def observe(self, w: Window, config: ServingConfig) -> ServiceProfile:
+        rate = service_rate(w, config)
+        if rate is None:
+            return self
+        key = (config.variant, config.instances)
+        table = dict(self.rates)
+        table[key] = (*table.get(key, ()), rate)[-KEPT_WINDOWS:]
+        return replace(self, rates=tuple(table.items()))
+
+    def rate(self, variant: str, instances: int) -> float | None:
+        """The median learned rate of ``variant`` at ``instances``, once enough windows measured it."""
+        rates = dict(self.rates).get((variant, instances), ())
+        return statistics.median(rates) if len(rates) >= LEARNED_WINDOWS else None
+
+    def predict(self, w: Window, current: ServingConfig, target: str, ctx: Context, busy: float) -> Prediction:
+        """The busy share ``target`` would have at this window's load, in ``current``'s other settings; ``busy``
+        is the window's measured busy share of ``current``."""
+        offered = offered_per_replica(w)
+        own = self.rate(target, current.instances)
+        if own:
+            return Prediction(offered / own, RateSource.LEARNED)
+        ratio = ctx.cost(target) / ctx.cost(current.variant)
+        here = self.rate(current.variant, current.instances)
+        if here:
+            return Prediction(offered / here * ratio, RateSource.CONVERTED)
+        return Prediction(busy * ratio, RateSource.BUILD)

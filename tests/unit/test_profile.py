@@ -1,0 +1,96 @@
+"""The learned service rates (orchestrator/policy/profile.py) and the switches they predict, tick by tick: a step
+down the ladder under a step of load and the way back, where the build's cost ratio alone says "does not fit"."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from orchestrator.policy import Context, Objective, ServingConfig, VariantInfo
+from orchestrator.policy.profile import LEARNED_WINDOWS, RateSource, ServiceProfile, service_rate
+from tests.unit.test_policy import SLO, Sim, win
+
+# The build's costs (in-process ORT at batch 32): small 3.5× cheaper than pruned ...
+LADDER = {
+    "pruned": VariantInfo("pruned", "cnn_pruned", 0.983, 12.4),
+    "distilled": VariantInfo("distilled", "cnn_distilled", 0.974, 11.6),
+    "small": VariantInfo("small", "cnn_small", 0.923, 3.5),
+    "tiny": VariantInfo("tiny", "cnn_tiny", 0.858, 0.3),
+}
+# ... and what each holds served, with every instance busy: small only 2× pruned (Triton's per-request work and the
+# client's share of the cores weigh more on a cheap variant).
+SERVED_RATE = {"pruned": 1500.0, "distilled": 1600.0, "small": 3000.0, "tiny": 4500.0}
+HELD = ServingConfig("pruned", 2, 1, True, 1000)  # headroom's config: batching, one instance per core
+
+
+def served(rate_of):
+    """A fake Triton at the offered rate ``rate_of(t)``: busy share and latency from the served variant's rate."""
+
+    def window(t, instances=2, config=HELD, **kw):
+        offered, capacity = rate_of(t), SERVED_RATE[config.variant]
+        util = min(offered / capacity, 1.0)
+        if util < 0.9:
+            return win(t, latency_ms=2.0 + 10 * util, util=util, rate=offered, instances=instances, **kw)
+        return win(t, latency_ms=90.0, util=1.0, rate=capacity, instances=instances, pending_requests=200, **kw)
+
+    window.needs_config = True
+    return window
+
+
+def ladder_ctx(**kw) -> Context:
+    return Context(objective=Objective(SLO, 0.85), variants=LADDER, cores=2, headroom=True, **kw)
+
+
+def test_a_step_goes_down_one_level_and_the_fall_brings_back_the_top_level_on_its_learned_rate():
+    step_load = served(lambda t: 1820.0 if 60 <= t < 100 else 780.0)
+    sim = Sim(ladder_ctx(), HELD)
+    sim.run(60, step_load)
+    assert sim.log == []  # pruned holds the base (52% busy): nothing to do, and its rate is learned meanwhile
+    assert sim.state.profile.rate("pruned", 2) == SERVED_RATE["pruned"]
+    sim.run(40, step_load)
+    assert [(r, c.variant) for (_, _, r), c in zip(sim.log, sim.configs, strict=True)] == [("faster-variant", "small")]
+    sim.run(120, step_load)
+    assert sim.log[-1][2] == "restore-variant" and sim.config.variant == "pruned"
+    assert "(learned)" in sim.reasons[-1]
+    assert len(sim.log) == 2 and sim.state.rollbacks == 0  # down one level, back up, nothing else
+
+
+def test_without_a_learned_rate_the_build_ratio_keeps_the_cheaper_variant_at_the_same_load():
+    # Started on small: pruned never served, so its fit is the build's 3.5× ratio of small's busy share (26% → 93%).
+    sim = Sim(ladder_ctx(), replace(HELD, variant="small"))
+    sim.run(120, served(lambda t: 780.0))
+    assert sim.log == [] and sim.config.variant == "small"
+    # at a load where even the build's ratio fits, it restores (through distilled, the cheapest more accurate)
+    sim = Sim(ladder_ctx(), replace(HELD, variant="small"))
+    sim.run(120, served(lambda t: 300.0))
+    assert [c.variant for c in sim.configs] == ["distilled", "pruned"] and "(build)" in sim.reasons[0]
+
+
+def test_the_profile_learns_only_from_windows_busy_enough_to_extrapolate_and_keeps_the_median():
+    p = ServiceProfile()
+    idle = win(2.0, util=0.05, rate=50.0, instances=2)
+    assert service_rate(idle, HELD) is None and p.observe(idle, HELD) == p
+    for i, util in enumerate([0.5, 0.52, 0.9, 0.48]):
+        p = p.observe(win(2.0 * i + 2, util=util, rate=780.0, instances=2), HELD)
+    assert p.rate("pruned", 2) == (780.0 / 0.5 + 780.0 / 0.52) / 2  # the median of four rates
+    assert p.rate("pruned", 1) is None and p.rate("small", 2) is None  # per variant and instance count
+    few = ServiceProfile().observe(win(2.0, util=0.5, rate=780.0, instances=2), HELD)
+    assert LEARNED_WINDOWS > 1 and few.rate("pruned", 2) is None
+
+
+def test_a_prediction_says_where_its_rate_came_from():
+    ctx = ladder_ctx()
+    w = win(2.0, util=0.26, rate=780.0, instances=2)
+    small = replace(HELD, variant="small")
+    nothing = ServiceProfile()
+    build = nothing.predict(w, small, "pruned", ctx, busy=0.26)
+    assert build.source == RateSource.BUILD and round(build.utilization, 2) == round(0.26 * 12.4 / 3.5, 2)
+    learned_small = nothing
+    for i in range(LEARNED_WINDOWS):
+        learned_small = learned_small.observe(win(2.0 * i + 2, util=0.26, rate=780.0, instances=2), small)
+    converted = learned_small.predict(w, small, "pruned", ctx, busy=0.26)
+    assert converted.source == RateSource.CONVERTED
+    both = learned_small
+    for i in range(LEARNED_WINDOWS):
+        both = both.observe(win(2.0 * i + 2, util=0.52, rate=780.0, instances=2), HELD)
+    learned = both.predict(w, small, "pruned", ctx, busy=0.26)
+    assert learned.source == RateSource.LEARNED and round(learned.utilization, 2) == 0.52
