@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from orchestrator.metrics import Window
+from orchestrator.policy.profile import RateSource
 from orchestrator.policy.signals import (
     Pressure,
     Thresholds,
@@ -240,7 +241,12 @@ class RulePolicy:
             )
             for v in more:  # the cheapest more accurate variant predicted to fit comes first
                 predicted = ctx.profile.predict(w, c, v.name, ctx, util)
-                if predicted.utilization < self.thresholds.restore_target_utilization:
+                target = (
+                    self.thresholds.restore_learned_utilization
+                    if predicted.source == RateSource.LEARNED
+                    else self.thresholds.restore_target_utilization
+                )
+                if predicted.utilization < target:
                     yield Proposal(
                         replace(c, variant=v.name),
                         Direction.DOWN,

@@ -22,7 +22,12 @@ class Thresholds:
     p99_fraction_light: float = 0.5  # below this share of the SLO (and low utilization) the load is light
     utilization_over: float = 0.9
     utilization_light: float = 0.5
-    restore_target_utilization: float = 0.6  # a more accurate variant must fit below this utilization
+    # A more accurate variant must be predicted to run below this busy share: with margin where the prediction
+    # rests on the build's cost ratio (which misjudges served capacity by up to ~2×) ...
+    restore_target_utilization: float = 0.6
+    # ... and with a smaller one where the variant's own service rate was measured while it served (at a base load
+    # it held within the SLO, it was ~70% busy on two cores shared with the client).
+    restore_learned_utilization: float = 0.8
     backlog_per_instance: float = BACKLOG_PER_INSTANCE
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from bench.scenarios import SCENARIOS, Capacity, change_points, convergence, steps
@@ -32,3 +35,17 @@ def test_every_scenario_builds_its_load_from_the_measured_capacities():
         peak = max(v for _, v in shape.timeline(1.0))
         assert shape.duration_s >= 90 and 0 < peak <= 0.8 * c.level(1) + 1e-9
     assert SCENARIOS["long_trace"].shape(c).duration_s >= 300
+
+
+def test_the_recorded_scenarios_render_as_the_tables_benchmarks_md_shows():
+    from bench.render_scenarios import render
+
+    parts = json.loads((Path(__file__).resolve().parents[2] / "docs/results/scenarios.json").read_text())["parts"]
+    assert parts, "docs/results/scenarios.json holds no scenario"
+    for name, record in parts.items():
+        text = render(name, record)
+        assert text.startswith(f"#### {name}\n") and f"Commit `{record['commit']}`" in text
+        medians = record["result"]["scenarios"][name]["median"]
+        for arm in medians:
+            assert f"| {arm} | {medians[arm]['share_meeting_slo']:.0%} |" in text
+        assert "Goals: " in text

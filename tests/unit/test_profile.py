@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from orchestrator.policy import Context, Objective, ServingConfig, VariantInfo
+from orchestrator.policy import Context, Objective, RulePolicy, ServingConfig, VariantInfo
 from orchestrator.policy.profile import LEARNED_WINDOWS, RateSource, ServiceProfile, service_rate
 from tests.unit.test_policy import SLO, Sim, win
 
@@ -22,11 +22,11 @@ SERVED_RATE = {"pruned": 1500.0, "distilled": 1600.0, "small": 3000.0, "tiny": 4
 HELD = ServingConfig("pruned", 2, 1, True, 1000)  # headroom's config: batching, one instance per core
 
 
-def served(rate_of):
+def served(rate_of, rates=SERVED_RATE):
     """A fake Triton at the offered rate ``rate_of(t)``: busy share and latency from the served variant's rate."""
 
     def window(t, instances=2, config=HELD, **kw):
-        offered, capacity = rate_of(t), SERVED_RATE[config.variant]
+        offered, capacity = rate_of(t), rates[config.variant]
         util = min(offered / capacity, 1.0)
         if util < 0.9:
             return win(t, latency_ms=2.0 + 10 * util, util=util, rate=offered, instances=instances, **kw)
@@ -94,3 +94,20 @@ def test_a_prediction_says_where_its_rate_came_from():
         both = both.observe(win(2.0 * i + 2, util=0.52, rate=780.0, instances=2), HELD)
     learned = both.predict(w, small, "pruned", ctx, busy=0.26)
     assert learned.source == RateSource.LEARNED and round(learned.utilization, 2) == 0.52
+
+
+def test_a_variant_measured_holding_the_base_at_70_percent_busy_is_restored_there_but_not_on_a_converted_guess():
+    # Two cores shared with the client: pruned held the base 71% busy within the SLO. Its own measured rate is
+    # trusted up to 80% busy; the same figure from the build's ratio is not (60%).
+    rates = {**SERVED_RATE, "pruned": 930.0, "distilled": 990.0, "small": 2200.0}
+    sim = Sim(ladder_ctx(), HELD)
+    sim.run(220, served(lambda t: 1540.0 if 60 <= t < 100 else 660.0, rates))
+    assert [c.variant for c in sim.configs] == ["small", "pruned"] and "(learned)" in sim.reasons[-1]
+    assert 0.6 < float(sim.reasons[-1].split("predicted ")[1].split("%")[0]) / 100 < 0.8
+    ctx = ladder_ctx()
+    w = win(2.0, util=0.3, rate=660.0, instances=2)
+    guess = ServiceProfile().predict(w, replace(HELD, variant="small"), "pruned", ctx, busy=0.2)
+    assert guess.source == RateSource.BUILD and guess.utilization > 0.6
+    light_small = win(2.0, latency_ms=2.0, util=0.2, rate=660.0, instances=2)
+    p = RulePolicy().propose(light_small, replace(HELD, variant="small"), ctx)
+    assert p is None  # 0.2 × 3.5 = 71% for pruned, 66% for distilled: neither restored on a guess

@@ -1,0 +1,96 @@
+"""docs/results/scenarios.json → the markdown docs/benchmarks.md shows for each measured scenario (one ``####``
+section per scenario, from its own record: commit, date, machine, command, medians, goals, per-run changes).
+
+    python bench/render_scenarios.py [docs/results/scenarios.json] [--scenario NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ARMS = ("default", "static", "orchestrator")
+
+
+def config_text(c: dict | None) -> str:
+    if not c:
+        return "none held"
+    batching = f"batching {c['max_queue_delay_us']} µs" if c["dynamic_batching"] else "no batching"
+    return f"{c['variant']} ×{c['instances']}, {batching}"
+
+
+def change_text(run: dict) -> str:
+    parts = []
+    for a in run["orchestrator"]["after_each_change"]:
+        secs = "never" if a["seconds_until_slo_holds"] is None else f"{a['seconds_until_slo_holds']:g} s"
+        parts.append(f"{a['at_s']:g} s: {secs}/{a['actions']} act")
+    return "; ".join(parts)
+
+
+def render(name: str, record: dict) -> str:
+    r = record["result"]["scenarios"][name]
+    machine = record["machine"]
+    cap = ", ".join(f"{lv['variant']} {lv['rate_per_s']:g}" for lv in r["calibration"]["levels"])
+    lines = [
+        f"#### {name}",
+        "",
+        f"Commit `{record['commit']}`, {record['date_utc']} UTC, {machine['cpus']} CPUs, {record['wall_s']} s. "
+        f"Command: `{record['command']}`.",
+        "",
+        f"{r['about']}. SLO p99 {r['slo_p99_ms']:g} ms, headroom {'on' if r['headroom'] else 'off'}, client batch "
+        f"{r['client_batch']}, floor {r['accuracy_floor']:.4f}{', a busy loop on core 0' if r['neighbour'] else ''}"
+        f"; load {r['load']}; peak {r['peak_rate_per_s']:g} req/s, base {r['base_rate_per_s']:g} req/s. "
+        f"Capacities measured: {cap} req/s.",
+        f"Best static at peak: {config_text((r['static_best_at_peak'] or {}).get('config'))}; at base: "
+        f"{config_text((r['static_best_at_base'] or {}).get('config'))}. Median of {r['repeats']}.",
+        "",
+        "| arm | windows meeting SLO | served top-1 (time-weighted) | failed | actions | rollbacks "
+        "| generator CPU (of a core) | valid runs |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for arm in ARMS:
+        m = r["median"].get(arm)
+        if not m:
+            continue
+        lines.append(
+            f"| {arm} | {m['share_meeting_slo']:.0%} | {m['served_top1_time_weighted']:.4f} | "
+            f"{m['failed_requests']:g} | {m['actions']:g} | {m['rollbacks']:g} | "
+            f"{m['generator_cpu_core_share']:.2f} | {m['generator_valid_runs']}/{r['repeats']} |"
+        )
+    runs = [run for run in r["runs"] if "orchestrator" in run]
+    if runs:
+        lines += [
+            "",
+            "Orchestrator per run — after each change of load (seconds until every later window met the SLO / "
+            "actions): " + " | ".join(change_text(run) for run in runs) + ".",
+            "Variants served per run: "
+            + " | ".join(" → ".join(run["orchestrator"].get("variants_served", [])) for run in runs)
+            + "; missed windows (start, s): "
+            + " | ".join(
+                ", ".join(f"{t:g}" for t in run["orchestrator"]["missed_windows_start_s"]) or "none" for run in runs
+            )
+            + ".",
+        ]
+    goals = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in r["goals"].items())
+    lines += ["", f"Goals: {goals}."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("path", nargs="?", type=Path, default=Path("docs/results/scenarios.json"))
+    ap.add_argument("--scenario", action="append", help="repeatable; default: every measured scenario")
+    args = ap.parse_args()
+    parts = json.loads(args.path.read_text())["parts"]
+    for name in args.scenario or list(parts):
+        if name not in parts:
+            print(f"{args.path} has no scenario {name!r}; measured: {', '.join(parts)}", file=sys.stderr)
+            return 2
+        print(render(name, parts[name]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
