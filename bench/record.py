@@ -93,6 +93,7 @@ def main() -> int:
     }
     out = ROOT / "docs" / "results" / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    wall_s = record["wall_s"]
     if args.merge_key:
         parts = {}
         if out.exists():
@@ -103,7 +104,7 @@ def main() -> int:
         parts[args.merge_key] = record
         record = {"benchmark": args.name, "parts": dict(sorted(parts.items()))}
     out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"record: {out.relative_to(ROOT)} (exit {proc.returncode}, {record['wall_s']} s)", file=sys.stderr)
+    print(f"record: {out.relative_to(ROOT)} (exit {proc.returncode}, {wall_s} s)", file=sys.stderr)
     return proc.returncode
 
 
