@@ -14,7 +14,7 @@ from orchestrator.metrics import Window
 from orchestrator.policy.guards import GuardConfig, GuardState, clamp, guard
 from orchestrator.policy.profile import ServiceProfile
 from orchestrator.policy.rules import Policy
-from orchestrator.policy.signals import has_backlog, slo_met
+from orchestrator.policy.signals import Thresholds, has_backlog, pressure, slo_met
 from orchestrator.policy.types import Action, Context, Decision, Direction, Rule, Verdict
 from tritune.serving import ServingConfig
 
@@ -111,7 +111,9 @@ def step(
     if w.versions <= 1 and (last_action is None or w.start_s >= last_action + cfg.guards.cooldown_s):
         # A steady window (no reload in it, no second version, past the cool-down's cold instances) measures the
         # served config's service rate.
-        state = replace(state, profile=state.profile.observe(w, current))
+        thresholds = getattr(policy, "thresholds", None) or Thresholds()
+        strained = pressure(w, current, ctx, thresholds) is not None
+        state = replace(state, profile=state.profile.observe(w, current, under_pressure=strained))
     if w.versions > 1 and last_action is not None and now_s - last_action < DRAIN_WAIT_S:
         # The old variant still drains its queue beside the new one (both on the same cores): its windows say
         # nothing about the new config, and a reload while two copies run risks Triton 2.51's abort (signal 11).

@@ -33,12 +33,14 @@ if TYPE_CHECKING:  # types.Context holds a profile: this module imports nothing 
 MIN_BUSY_SHARE = 0.2  # below this the busy time is too small a sample to extrapolate a service rate from
 LEARNED_WINDOWS = 3  # windows a learned rate needs before it is trusted (the median of them is used)
 KEPT_WINDOWS = 12  # the most recent windows kept per variant and instance count
+STRAIN_MARGIN = 0.8  # a load within this share of one a config was under pressure at counts as that load
 
 
 class RateSource(StrEnum):
     LEARNED = "learned"  # the target's own service rate, measured while it served
     CONVERTED = "converted"  # the current variant's measured rate × the build's cost ratio
     BUILD = "build"  # the window's busy share × the build's cost ratio: nothing measured yet
+    STRAINED = "strained"  # the target was under pressure at this load before: it does not fit
 
 
 def service_rate(w: Window, config: ServingConfig) -> float | None:
@@ -66,6 +68,8 @@ class Prediction:
     source: RateSource
 
     def describe(self) -> str:
+        if self.source == RateSource.STRAINED:
+            return "under pressure at this load before (strained)"
         return f"predicted {self.utilization:.0%} busy ({self.source})"
 
 
@@ -75,15 +79,30 @@ class ServiceProfile:
     controller's state stays a value."""
 
     rates: tuple[tuple[tuple[str, int], tuple[float, ...]], ...] = ()
+    # ((variant, instances), offered images/s per replica of recent steady windows it was under pressure at): a
+    # busy share says nothing about latency the CPU's other processes add, so a config seen under pressure at a
+    # load is not predicted to hold that load again, whatever its busy share.
+    strained: tuple[tuple[tuple[str, int], tuple[float, ...]], ...] = ()
 
-    def observe(self, w: Window, config: ServingConfig) -> ServiceProfile:
+    def observe(self, w: Window, config: ServingConfig, under_pressure: bool = False) -> ServiceProfile:
+        key = (config.variant, config.instances)
+        out = self
+        if under_pressure and w.requests:
+            table = dict(self.strained)
+            table[key] = (*table.get(key, ()), offered_per_replica(w))[-KEPT_WINDOWS:]
+            out = replace(out, strained=tuple(table.items()))
         rate = service_rate(w, config)
         if rate is None:
-            return self
-        key = (config.variant, config.instances)
+            return out
         table = dict(self.rates)
         table[key] = (*table.get(key, ()), rate)[-KEPT_WINDOWS:]
-        return replace(self, rates=tuple(table.items()))
+        return replace(out, rates=tuple(table.items()))
+
+    def strained_at(self, variant: str, instances: int) -> float | None:
+        """The lowest recent load (offered images/s per replica) ``variant`` at ``instances`` was under pressure
+        at, if any."""
+        loads = dict(self.strained).get((variant, instances), ())
+        return min(loads) if loads else None
 
     def rate(self, variant: str, instances: int) -> float | None:
         """The median learned rate of ``variant`` at ``instances``, once enough windows measured it."""
@@ -94,6 +113,9 @@ class ServiceProfile:
         """The busy share ``target`` would have at this window's load, in ``current``'s other settings; ``busy``
         is the window's measured busy share of ``current``."""
         offered = offered_per_replica(w)
+        strained = self.strained_at(target, current.instances)
+        if strained is not None and offered >= STRAIN_MARGIN * strained:
+            return Prediction(math.inf, RateSource.STRAINED)
         own = self.rate(target, current.instances)
         if own:
             return Prediction(offered / own, RateSource.LEARNED)
