@@ -34,7 +34,7 @@ from tritune.server import ServerOptions, TritonServer, admin_key
 # a minute, then the down delay). Batch 8 puts the load in the models' compute, where the ladder's rungs differ,
 # at request rates Locust itself can send on two shared cores (on the 2-core machine here the top level holds
 # about 175 batch-8 requests/s with the cheap generator, less beside Locust and Caddy).
-FULL_SHAPE = "step:values=30/260/30/30,step_s=50"
+FULL_SHAPE = "step:values=50/260/50/50,step_s=50"
 QUICK_SHAPE = "step:values=30/150/30,step_s=15"
 DEMO_BATCH = 8
 
