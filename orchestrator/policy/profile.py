@@ -46,9 +46,13 @@ class RateSource(StrEnum):
 def service_rate(w: Window, config: ServingConfig) -> float | None:
     """One replica's images/s at ``config`` if its instances were always busy, from this window; None when the
     window is too idle (or failing) to extrapolate from."""
+    # signals imports types, which holds a ServiceProfile: imported here, not at the top, to keep one owner of
+    # the busy share without an import cycle
+    from orchestrator.policy.signals import busy_share
+
     if not w.requests or w.failures or not w.replicas or w.interval_s <= 0:
         return None
-    busy = w.busy_s / (w.interval_s * config.instances * w.replicas)
+    busy = busy_share(w, config)
     if busy < MIN_BUSY_SHARE or not math.isfinite(busy):
         return None
     return w.throughput_infer_per_s / w.replicas / min(busy, 1.0)
@@ -60,6 +64,13 @@ def offered_per_replica(w: Window) -> float:
     images_per_request = w.throughput_infer_per_s / w.request_rate_per_s if w.request_rate_per_s else 1.0
     backlog = w.pending_requests * images_per_request / w.interval_s if w.interval_s > 0 else 0.0
     return (w.throughput_infer_per_s + backlog) / max(w.replicas, 1)
+
+
+def _appended(table: tuple, key: tuple[str, int], value: float) -> tuple:
+    """``table`` ((key, recent values) pairs) with ``value`` added to ``key``'s, the last ``KEPT_WINDOWS`` kept."""
+    out = dict(table)
+    out[key] = (*out.get(key, ()), value)[-KEPT_WINDOWS:]
+    return tuple(out.items())
 
 
 @dataclass(frozen=True)
@@ -88,15 +99,9 @@ class ServiceProfile:
         key = (config.variant, config.instances)
         out = self
         if under_pressure and w.requests:
-            table = dict(self.strained)
-            table[key] = (*table.get(key, ()), offered_per_replica(w))[-KEPT_WINDOWS:]
-            out = replace(out, strained=tuple(table.items()))
+            out = replace(out, strained=_appended(out.strained, key, offered_per_replica(w)))
         rate = service_rate(w, config)
-        if rate is None:
-            return out
-        table = dict(self.rates)
-        table[key] = (*table.get(key, ()), rate)[-KEPT_WINDOWS:]
-        return replace(out, rates=tuple(table.items()))
+        return out if rate is None else replace(out, rates=_appended(out.rates, key, rate))
 
     def strained_at(self, variant: str, instances: int) -> float | None:
         """The lowest recent load (offered images/s per replica) ``variant`` at ``instances`` was under pressure
