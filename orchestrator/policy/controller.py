@@ -75,8 +75,10 @@ def step(
     outcome with :func:`applied` or :func:`apply_failed`."""
     last_action = state.guard.last_action_s
     if last_action is not None and now_s - last_action < SUMMARY_WINDOW_S:
-        # Triton's p99 still mixes in requests from before the last action: judge by the window's own means.
-        w = replace(w, p99_latency_ms=None, p50_latency_ms=None, p99_queue_ms=None)
+        # Triton's p99 still mixes in requests from before the last action: judge by the window's own means, or by
+        # the front door's p99, which is this window's own (its histogram's bucket deltas).
+        stale = dict(p50_latency_ms=None, p99_queue_ms=None, triton_p99_latency_ms=None)
+        w = replace(w, **stale) if w.e2e_p99_latency_ms is not None else replace(w, p99_latency_ms=None, **stale)
     if state.retry is not None:
         if last_action is not None and now_s - last_action < cfg.guards.cooldown_s:
             return Decision(

@@ -24,6 +24,8 @@ from orchestrator.policy import (
     clamp,
     step,
 )
+from orchestrator.policy.signals import Thresholds, pressure
+from orchestrator.policy.types import PressureKind
 from tritune.errors import ConfigError
 
 SLO = 50.0
@@ -631,3 +633,32 @@ def test_under_pressure_the_next_accuracy_level_comes_before_a_tie_mate_a_few_pe
     # with no lower level above the floor, the tie-mate is still the capacity left
     only_ties = Context(objective=Objective(SLO, 0.97), variants=ladder, cores=2, headroom=False)
     assert RulePolicy().propose(overloaded(10.0, instances=2), maxed, only_ties).config.variant == "distilled"
+
+
+def batch8_through_the_door(t, instances=1, e2e_p99=35.0, **kw):
+    """Batch-8 requests on a held load: service time dominates, so the mean (17 ms) sits near the p99 (35 ms)."""
+    w = win(t, latency_ms=17.0, util=0.6, rate=50, instances=instances, p99=30.0, **kw)
+    return replace(
+        w, triton_p99_latency_ms=30.0, p99_latency_ms=e2e_p99, e2e_p99_latency_ms=e2e_p99, e2e_avg_latency_ms=19.0
+    )
+
+
+def test_beside_a_front_door_p99_the_mean_is_no_pressure_of_its_own():
+    config = ServingConfig("pruned", 2, 64, True, 12_500, (4, 8, 16))
+    held = batch8_through_the_door(10.0, instances=2)
+    assert RulePolicy().propose(held, config, ctx()) is None
+    sim = Sim(ctx(), config)
+    sim.run(60, batch8_through_the_door)
+    assert sim.log == []  # the SLO holds with room: nothing to give up
+    # the same windows without the door: the mean is all there is between Triton's lagging summaries
+    no_door = replace(held, p99_latency_ms=None, e2e_p99_latency_ms=None, e2e_avg_latency_ms=None)
+    assert pressure(held, config, ctx(), Thresholds()) is None
+    assert pressure(no_door, config, ctx(), Thresholds()).kind == PressureKind.MEAN_LATENCY
+
+
+def test_after_an_action_the_front_door_p99_still_counts_and_triton_s_is_set_aside():
+    sim = Sim(ctx(), ServingConfig("fp32", 1, 64, True, 12_500, (4, 8, 16)))
+    sim.state = replace(sim.state, guard=replace(sim.state.guard, last_action_s=0.0))
+    over = lambda t, **kw: batch8_through_the_door(t, e2e_p99=80.0, **kw)  # noqa: E731
+    decisions = sim.run(8, over)  # within SUMMARY_WINDOW_S of the action
+    assert any("p99 80.0 ms > SLO 50 ms" in d.reason for d in decisions), [d.reason for d in decisions]
