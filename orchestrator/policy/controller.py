@@ -77,8 +77,8 @@ def step(
     if last_action is not None and now_s - last_action < SUMMARY_WINDOW_S:
         # Triton's p99 still mixes in requests from before the last action: judge by the window's own means, or by
         # the front door's p99, which is this window's own (its histogram's bucket deltas).
-        stale = dict(p50_latency_ms=None, p99_queue_ms=None, triton_p99_latency_ms=None)
-        w = replace(w, **stale) if w.e2e_p99_latency_ms is not None else replace(w, p99_latency_ms=None, **stale)
+        p99 = w.p99_latency_ms if w.e2e_p99_latency_ms is not None else None
+        w = replace(w, p99_latency_ms=p99, p50_latency_ms=None, p99_queue_ms=None, triton_p99_latency_ms=None)
     if state.retry is not None:
         if last_action is not None and now_s - last_action < cfg.guards.cooldown_s:
             return Decision(
