@@ -47,6 +47,28 @@ def machine() -> dict:
     }
 
 
+def cpu_times() -> list[int]:
+    """The machine's summed CPU times (``/proc/stat``'s ``cpu`` line); empty where there is no procfs."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return []
+    return [int(v) for v in first[1:9]] if first and first[0] == "cpu" else []
+
+
+def steal_share(before: list[int], after: list[int]) -> float | None:
+    """The share of the machine's CPU time the hypervisor gave to other guests over the run (``steal``).
+
+    On a shared virtual machine it is capacity the benchmark did not get: a figure measured at 30% steal is not
+    one measured at 0%, so the record keeps it beside the result.
+    """
+    if len(before) < 8 or len(after) < 8:
+        return None
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(spent)
+    return round(spent[7] / total, 3) if total > 0 else None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("name", help="results file name, e.g. variants (→ docs/results/variants.json)")
@@ -69,7 +91,12 @@ def main() -> int:
         ap.error("give the benchmark command after --")
     started = time.monotonic()
     date = datetime.now(UTC).isoformat(timespec="seconds")
+    # The tree the benchmark ran on: read before it starts, so a commit made while it runs is not credited.
+    commit = git("rev-parse", "--short", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS))
+    cpu_before = cpu_times()
     proc = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=False)
+    steal = steal_share(cpu_before, cpu_times())
     try:
         result = json.loads(proc.stdout)
     except json.JSONDecodeError:
@@ -81,11 +108,11 @@ def main() -> int:
         return 1
     record = {
         "benchmark": args.name,
-        "commit": git("rev-parse", "--short", "HEAD"),
+        "commit": commit,
         # code only: docs/ (where this record goes) and the README may change while benchmarks run
-        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)),
+        "uncommitted_changes": dirty,
         "date_utc": date,
-        "machine": machine(),
+        "machine": {**machine(), "cpu_steal_share": steal},
         "command": shlex.join(command),
         "exit_code": proc.returncode,
         "wall_s": round(time.monotonic() - started, 1),

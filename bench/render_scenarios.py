@@ -29,6 +29,12 @@ def change_text(run: dict) -> str:
     return "; ".join(parts)
 
 
+def steal(machine: dict) -> str:
+    """The hypervisor's steal over the run, where the record has it (records before it was kept do not)."""
+    share = machine.get("cpu_steal_share")
+    return "" if share is None else f" ({share:.0%} of CPU time stolen by the host)"
+
+
 def render(name: str, record: dict) -> str:
     r = record["result"]["scenarios"][name]
     machine = record["machine"]
@@ -36,7 +42,8 @@ def render(name: str, record: dict) -> str:
     lines = [
         f"#### {name}",
         "",
-        f"Commit `{record['commit']}`, {record['date_utc']} UTC, {machine['cpus']} CPUs, {record['wall_s']} s. "
+        f"Commit `{record['commit']}`, {record['date_utc']} UTC, {machine['cpus']} CPUs{steal(machine)}, "
+        f"{record['wall_s']} s. "
         f"Command: `{record['command']}`.",
         "",
         f"{r['about']}. SLO p99 {r['slo_p99_ms']:g} ms, headroom {'on' if r['headroom'] else 'off'}, client batch "
