@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import WINDOW_S, Bench, default_floor, median, rate_search
+from bench.common import WINDOW_S, Bench, default_floor, median, rate_search, retry_blips
 from loadtest.openloop import LoadResult, constant
 from loadtest.shapes import DiurnalShape, ReplayShape, Shape
 from tritune.compare import Level, variant_ladder
@@ -45,6 +45,7 @@ from tritune.serving import ServingConfig
 CALIBRATION_PROBE_S = 10.0
 CALIBRATION_WARMUP_S = 2.0
 SEARCH_PROBE_S = 10.0
+PROBE_RETRIES = 1  # tries more of a probe that failed like a stall (``retry_blips``), in calibration and search
 # After a step the load stays at its base this long: time for Triton's p99 summaries (they lag by up to a minute)
 # to clear, the controller's down delay, and a restore to be verified.
 RETURN_S = 120.0
@@ -202,8 +203,14 @@ def calibrate(bench: Bench, scenario: Scenario, levels: list[Level], cache: Path
         for lv in levels:
             config = calibration_config(bench, lv.cheapest)
             bench.set_config(server, config)
+            # A failure that looks like a stall of the machine (nothing failed, p99 under 10× the SLO) is tried
+            # again: one stall fails a probe whatever the config, and the search would take it for the ceiling.
             rate, trail = rate_search(
-                lambda r, v=lv.cheapest: probe(bench, server, r, CALIBRATION_PROBE_S, f"capacity {v}"),
+                retry_blips(
+                    lambda r, v=lv.cheapest: probe(bench, server, r, CALIBRATION_PROBE_S, f"capacity {v}"),
+                    bench.slo_ms,
+                    PROBE_RETRIES,
+                ),
                 start,
                 max_rate=16000 / scenario.batch,  # the generator marks a rate it cannot offer invalid
             )
@@ -238,7 +245,11 @@ def best_static(bench: Bench, levels: list[Level], rate: float, tag: str) -> dic
         for lv in levels:
             for config in candidates(bench, lv.cheapest):
                 bench.set_config(server, config)
-                ok, info = probe(bench, server, rate, SEARCH_PROBE_S, f"static {tag} {config.variant}")
+                ok, info = retry_blips(
+                    lambda r, v=config.variant: probe(bench, server, r, SEARCH_PROBE_S, f"static {tag} {v}"),
+                    bench.slo_ms,
+                    PROBE_RETRIES,
+                )(rate)
                 tried.append({"config": config.describe(), "ok": ok, "p99_ms": info["p99_ms"]})
                 if ok:
                     return {"rate_per_s": round(rate, 1), "config": config.describe(), "top1": lv.top1, "tried": tried}
