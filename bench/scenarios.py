@@ -191,8 +191,10 @@ def probe(bench: Bench, server, rate: float, seconds: float, tag: str) -> tuple[
 
 
 def calibrate(bench: Bench, scenario: Scenario, levels: list[Level], cache: Path) -> dict:
+    # The method is part of the key: a capacity measured by another probe or search is not reused.
+    method = {"probe_s": CALIBRATION_PROBE_S, "warmup_s": CALIBRATION_WARMUP_S, "retries": PROBE_RETRIES}
     key = hashlib.sha256(
-        (bench.repository / MANIFEST).read_bytes() + json.dumps(scenario.conditions()).encode()
+        (bench.repository / MANIFEST).read_bytes() + json.dumps([scenario.conditions(), method]).encode()
     ).hexdigest()[:16]
     path = cache / f"capacity-{key}.json"
     if path.exists():
