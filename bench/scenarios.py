@@ -60,10 +60,15 @@ class Capacity:
     def level(self, i: int) -> float:
         return self.per_level[min(i, len(self.per_level) - 1)]
 
-    def beyond_top(self, factor: float = 1.4, below_next: float = 0.8) -> float:
-        """A rate the top level cannot hold and the next level can: ``factor`` × the top level's capacity, capped
-        at ``below_next`` × the next level's (a step nothing can hold would measure nothing)."""
-        return min(factor * self.level(0), below_next * self.level(1))
+    def fastest_below_top(self) -> float:
+        """The highest capacity among the lower levels: a lower level need not be faster than the one above it
+        when served (with batch-8 requests or on some builds a less accurate variant holds no more)."""
+        return max(self.per_level[1:], default=self.level(0))
+
+    def beyond_top(self, factor: float = 1.4, below: float = 0.8) -> float:
+        """A rate the top level cannot hold and a lower level can: ``factor`` × the top level's capacity, capped
+        at ``below`` × the fastest lower level's (a step nothing can hold would measure nothing)."""
+        return min(factor * self.level(0), below * self.fastest_below_top())
 
 
 @dataclass(frozen=True)

@@ -27,13 +27,15 @@ def test_convergence_counts_from_each_change_to_the_window_from_which_the_slo_he
 
 def test_every_scenario_builds_its_load_from_the_measured_capacities():
     c = Capacity((1200.0, 1950.0, 2000.0))
-    assert c.beyond_top() == pytest.approx(1560.0)  # 1.4× the top level, capped at 0.8× the next
+    assert c.beyond_top() == pytest.approx(1600.0)  # 1.4× the top level, capped at 0.8× the fastest lower level
     assert Capacity((1000.0, 3000.0)).beyond_top() == pytest.approx(1400.0)
+    # a lower level no faster than the top (distilled beside pruned): the cap comes from the fastest below
+    assert Capacity((1600.0, 1600.0, 2200.0, 2062.5)).beyond_top() == pytest.approx(1760.0)
     assert len(SCENARIOS) == 7
     for s in SCENARIOS.values():
         shape = s.shape(c)
         peak = max(v for _, v in shape.timeline(1.0))
-        assert shape.duration_s >= 90 and 0 < peak <= 0.8 * c.level(1) + 1e-9
+        assert shape.duration_s >= 90 and 0 < peak <= 0.8 * c.fastest_below_top() + 1e-9
     assert SCENARIOS["long_trace"].shape(c).duration_s >= 300
 
 
