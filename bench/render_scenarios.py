@@ -68,10 +68,13 @@ def render(name: str, record: dict) -> str:
         )
     runs = [run for run in r["runs"] if "orchestrator" in run]
     if runs:
+        steps = any(run["orchestrator"]["after_each_change"] for run in runs)
         lines += [
             "",
             "Orchestrator per run — after each change of load (seconds until every later window met the SLO / "
-            "actions): " + " | ".join(change_text(run) for run in runs) + ".",
+            "actions): " + " | ".join(change_text(run) for run in runs) + "."
+            if steps
+            else "Orchestrator per run: the load changes continuously (no steps to converge after).",
             "Variants served per run: "
             + " | ".join(" → ".join(run["orchestrator"].get("variants_served", [])) for run in runs)
             + "; missed windows (start, s): "
