@@ -5,21 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from tritune.model_config import ModelConfig, TensorSpec, WarmupSample
-
-# Runs per warmup sample and instance: the first run of a session pays for its allocations (ONNX Runtime's arena,
-# the Python backend's shared-memory pool, a TensorRT context's buffers); the second is a steady one.
-WARMUP_COUNT = 2
-
-
-def warmup_samples(inputs: tuple[TensorSpec, ...], max_batch_size: int) -> tuple[WarmupSample, ...]:
-    """Zeros at batch 1 and at the largest batch, so a newly loaded version or instance is warm before it serves.
-
-    Dynamic batching and batched clients send batches up to ``max_batch_size``; warming the largest grows the
-    buffers once, before READY, instead of under the first burst of live requests.
-    """
-    sizes = sorted({1, max_batch_size}) if max_batch_size > 0 else [0]
-    return tuple(WarmupSample(f"zeros_batch_{b}", b, inputs, count=WARMUP_COUNT) for b in sizes)
+from tritune.model_config import ModelConfig
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from builders.onnx_utils import MAX_EXPORT_BATCH
-from builders.targets.base import CompiledModel, VariantArtifact, warmup_samples
+from builders.targets.base import CompiledModel, VariantArtifact
 from tritune.errors import BuildError
 from tritune.model_config import InstanceGroup, ModelConfig, TensorSpec, VersionPolicy
 from tritune.model_io import INPUT_NAME, INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME
@@ -19,19 +19,17 @@ MODEL_PY = Path(__file__).resolve().parent.parent / "triton" / "model.py"
 def cpu_model_config(
     model_name: str, artifact: VariantArtifact, sha256: str, max_batch_size: int, num_classes: int = NUM_CLASSES
 ) -> ModelConfig:
-    """Triton's default serving config for a variant: one CPU instance, no dynamic batching, warmed before READY.
+    """Triton's default serving config for a variant: one CPU instance, no dynamic batching.
 
     The orchestrator starts from here and retunes batching and instances live.
     """
-    inputs = (TensorSpec(INPUT_NAME, "TYPE_FP32", INPUT_SHAPE),)
     return ModelConfig(
         name=model_name,
         backend="python",
         max_batch_size=max_batch_size,
-        inputs=inputs,
+        inputs=(TensorSpec(INPUT_NAME, "TYPE_FP32", INPUT_SHAPE),),
         outputs=(TensorSpec(OUTPUT_NAME, "TYPE_FP32", (num_classes,)),),
         instance_group=(InstanceGroup(count=1, kind="KIND_CPU"),),
-        model_warmup=warmup_samples(inputs, max_batch_size),
         parameters={
             "intra_op_num_threads": "auto",
             "variant": artifact.variant,

@@ -12,7 +12,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 from builders.targets.base import VariantArtifact
 from builders.targets.cpu import cpu_model_config
 from tritune.errors import ConfigError
-from tritune.model_config import DynamicBatching, ModelConfig, QueuePolicy, TensorSpec, VersionPolicy, WarmupSample
+from tritune.model_config import DynamicBatching, ModelConfig, QueuePolicy, TensorSpec, VersionPolicy
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 
@@ -55,22 +55,7 @@ def test_round_trips_through_pbtxt_and_json(factory):
     assert ModelConfig.from_dict({"config": json.loads(cfg.to_json())}) == cfg
 
 
-def test_default_config_warms_every_instance_at_batch_1_and_the_largest_batch():
-    cfg = _default()
-    assert [(w.batch_size, w.count) for w in cfg.model_warmup] == [(1, 2), (64, 2)]
-    msg = cfg.to_proto()
-    for sample in msg.model_warmup:
-        assert set(sample.inputs) == {spec.name for spec in cfg.inputs}
-        (value,) = sample.inputs.values()
-        assert value.zero_data and tuple(value.dims) == cfg.inputs[0].dims
-        assert pb.DataType.Name(value.data_type) == cfg.inputs[0].data_type
-    # a reload built from the live config (get_model_config → replace → load_model) keeps the warmup
-    assert ModelConfig.from_dict(json.loads(cfg.with_instances(2).to_json())).model_warmup == cfg.model_warmup
-
-
 def test_bad_values_are_config_errors():
-    with pytest.raises(ConfigError, match="count >= 1"):
-        ModelConfig("m", model_warmup=(WarmupSample("w", 1, (), count=0),)).to_pbtxt()
     with pytest.raises(ConfigError, match="unknown data type"):
         ModelConfig("m", inputs=(TensorSpec("x", "TYPE_FLOAT", (1,)),)).to_pbtxt()
     with pytest.raises(ConfigError, match="instance count"):
