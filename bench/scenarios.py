@@ -195,6 +195,13 @@ def probe(bench: Bench, server, rate: float, seconds: float, tag: str) -> tuple[
     return ok, {**s, "generator": gen}
 
 
+def retried_probe(bench: Bench, server, seconds: float, tag: str):
+    """``rate -> (ok, info)``: a probe whose failure is tried again when it looks like a stall of the machine
+    (nothing failed, p99 under 10× the SLO): one stall fails a probe whatever the config, and a search would take
+    it for the ceiling."""
+    return retry_blips(lambda r: probe(bench, server, r, seconds, tag), bench.slo_ms, PROBE_RETRIES)
+
+
 def calibrate(bench: Bench, scenario: Scenario, levels: list[Level], cache: Path) -> dict:
     # The method is part of the key: a capacity measured by another probe or search is not reused.
     method = {"probe_s": CALIBRATION_PROBE_S, "warmup_s": CALIBRATION_WARMUP_S, "retries": PROBE_RETRIES}
@@ -210,14 +217,8 @@ def calibrate(bench: Bench, scenario: Scenario, levels: list[Level], cache: Path
         for lv in levels:
             config = calibration_config(bench, lv.cheapest)
             bench.set_config(server, config)
-            # A failure that looks like a stall of the machine (nothing failed, p99 under 10× the SLO) is tried
-            # again: one stall fails a probe whatever the config, and the search would take it for the ceiling.
             rate, trail = rate_search(
-                retry_blips(
-                    lambda r, v=lv.cheapest: probe(bench, server, r, CALIBRATION_PROBE_S, f"capacity {v}"),
-                    bench.slo_ms,
-                    PROBE_RETRIES,
-                ),
+                retried_probe(bench, server, CALIBRATION_PROBE_S, f"capacity {lv.cheapest}"),
                 start,
                 max_rate=16000 / scenario.batch,  # the generator marks a rate it cannot offer invalid
             )
@@ -252,11 +253,7 @@ def best_static(bench: Bench, levels: list[Level], rate: float, tag: str) -> dic
         for lv in levels:
             for config in candidates(bench, lv.cheapest):
                 bench.set_config(server, config)
-                ok, info = retry_blips(
-                    lambda r, v=config.variant: probe(bench, server, r, SEARCH_PROBE_S, f"static {tag} {v}"),
-                    bench.slo_ms,
-                    PROBE_RETRIES,
-                )(rate)
+                ok, info = retried_probe(bench, server, SEARCH_PROBE_S, f"static {tag} {config.variant}")(rate)
                 tried.append({"config": config.describe(), "ok": ok, "p99_ms": info["p99_ms"]})
                 if ok:
                     return {"rate_per_s": round(rate, 1), "config": config.describe(), "top1": lv.top1, "tried": tried}
