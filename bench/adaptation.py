@@ -58,6 +58,9 @@ def run_arm(bench: Bench, arm: str, shape, oracle, tag: str, lead_in_s: float = 
         "requests": len(result.records),
         "p99_ms_whole_run": result.summary(bench.slo_ms)["p99_ms"],
         "missed_windows_start_s": [w["start_s"] for w in windows if not w["slo_met"]],
+        # the generator shares the server's cores: its CPU share and send lag say whether it, not Triton, set the
+        # figures (invalid where it could not send on schedule)
+        "generator": result.generator.report(),
     }
     if orch is not None:
         acts = [r for r in orch.history if r["event"] == "action"]
@@ -70,7 +73,9 @@ def run_arm(bench: Bench, arm: str, shape, oracle, tag: str, lead_in_s: float = 
             final_config=orch.current.describe() if orch.current else None,
         )
     print(
-        f"  {tag}: {met}/{len(windows)} windows met p99 ≤ {bench.slo_ms:g} ms, {out['failed_requests']} failed"
+        f"  {tag}: {met}/{len(windows)} windows met p99 ≤ {bench.slo_ms:g} ms, {out['failed_requests']} failed, "
+        f"generator {out['generator']['cpu_core_share']:.0%} of a core"
+        + ("" if out["generator"]["valid"] else f" (INVALID: {out['generator']['invalid_because']})")
         + (f", actions {out.get('action_rules')}" if orch else ""),
         file=sys.stderr,
         flush=True,
@@ -125,6 +130,8 @@ def main() -> int:
             arm: {
                 "share_meeting_slo": median([r[load][arm]["share_meeting_slo"] for r in runs]),
                 "failed_requests": median([r[load][arm]["failed_requests"] for r in runs]),
+                "generator_cpu_core_share": median([r[load][arm]["generator"]["cpu_core_share"] for r in runs]),
+                "generator_valid_runs": sum(1 for r in runs if r[load][arm]["generator"]["valid"]),
                 **(
                     {
                         "actions": median([r[load][arm]["actions"] for r in runs]),

@@ -97,9 +97,22 @@ def config_from(d: dict) -> ServingConfig:
 def static_probe(bench: Bench, server, rate: float, args, tag: str) -> tuple[bool, dict]:
     bench.settle(server)
     total = args.static_warmup_s + args.measure_s
-    ok, s = meets_slo(bench.load(server, total, constant(rate)), bench.slo_ms, skip_s=args.static_warmup_s)
-    print(f"  {tag}: {rate:7.1f} req/s → p99 {s['p99_ms']} ms {'ok' if ok else 'FAIL'}", file=sys.stderr)
-    return ok, {"p99_ms": s["p99_ms"], "failed": s["failed"], "throughput_per_s": s["throughput_per_s"]}
+    result = bench.load(server, total, constant(rate))
+    ok, s = meets_slo(result, bench.slo_ms, skip_s=args.static_warmup_s)
+    # A rate the generator could not send on schedule was not offered: no pass, whatever the p99.
+    gen = result.generator.report()
+    ok = ok and gen["valid"]
+    print(
+        f"  {tag}: {rate:7.1f} req/s → p99 {s['p99_ms']} ms {'ok' if ok else 'FAIL'}, "
+        f"generator {gen['cpu_core_share']:.0%} of a core" + ("" if gen["valid"] else f" ({gen['invalid_because']})"),
+        file=sys.stderr,
+    )
+    return ok, {
+        "p99_ms": s["p99_ms"],
+        "failed": s["failed"],
+        "throughput_per_s": s["throughput_per_s"],
+        "generator": gen,
+    }
 
 
 def static_max_rate(bench: Bench, config: ServingConfig | None, args, tag: str) -> tuple[float, list[dict]]:
@@ -137,11 +150,12 @@ def orchestrated_probe(bench: Bench, rate: float, args, tag: str) -> tuple[bool,
             ],
             "rollbacks": orch.rollbacks,
             "final_config": orch.current.describe() if orch.current else None,
+            "generator": result.generator.report(),
         }
-        ok = ok and info["failed"] == 0
+        ok = ok and info["failed"] == 0 and info["generator"]["valid"]
         print(
             f"  {tag}: {rate:7.1f} req/s → last {args.measure_s:g} s p99 {s['p99_ms']} ms {'ok' if ok else 'FAIL'}; "
-            f"actions {info['actions']}",
+            f"actions {info['actions']}; generator {info['generator']['cpu_core_share']:.0%} of a core",
             file=sys.stderr,
         )
         return ok, info
