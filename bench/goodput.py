@@ -176,6 +176,17 @@ def orchestrator_max_rate(
     return c, trail, b_paired
 
 
+def generator_summary(trail: list[dict]) -> dict:
+    """The load generator's cost over a run's probes: the most it took of a core, and the probes it invalidated
+    (failed because it could not send on schedule, whatever the server did)."""
+    gens = [p["generator"] for p in trail if p.get("generator")]
+    return {
+        "cpu_core_share_max": max((g["cpu_core_share"] for g in gens), default=None),
+        "probes": len(gens),
+        "invalid_probes": sum(1 for g in gens if not g["valid"]),
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repository", type=Path, default=Path("model_repository"))
@@ -268,6 +279,7 @@ def main() -> int:
                     "orchestrator": bracket(c_only, c),
                 },
                 "trails": {"default": a_trail, "oracle": b_trail, "orchestrator": c_trail},
+                "generator": generator_summary(a_trail + b_trail + c_trail),
                 "seconds": t.get("seconds"),
             }
         )
@@ -306,7 +318,9 @@ def main() -> int:
             "c_over_b": round(c / b, 2) if b else None,
             "c_over_b_paired": c_over_b_paired,
             "orchestrator_converged_after_s": conv,
+            "generator_cpu_core_share_max": median([r["generator"]["cpu_core_share_max"] for r in runs]),
         },
+        "generator_invalid_probes": sum(r["generator"]["invalid_probes"] for r in runs),
         "goals": {
             "c_over_a_ge_2": bool(a and c / a >= 2.0),
             "c_over_b_ge_0.95": bool(b and c / b >= 0.95),

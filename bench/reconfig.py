@@ -9,7 +9,7 @@ copy, an in-place change (Triton 2.51 makes one when only the instance count dif
 count of ``TRITONBACKEND_ModelInstanceInitialize`` lines against the target's instances tells them apart. Latency: p99
 of requests scheduled in reconfiguration windows (from the apply until 2 s after it returned) against the p99 of
 all other requests (steady state), and split by the change's mode (in-place vs full-reload windows). Failed
-requests must be 0.
+requests must be 0. Each run reports its load generator's CPU share and send lag (``generator``).
 """
 
 from __future__ import annotations
@@ -138,6 +138,9 @@ def one_run(bench: Bench, args, index: int) -> dict:
         "apply_s_in_place_median": median(by_mode("in-place")),
         "full_reloads": len(by_mode("full-reload")),
         "in_place": len(by_mode("in-place")),
+        # the generator shares the server's cores: its CPU share and send lag say whether it, not Triton, set the
+        # latencies; a run whose generator fell behind did not offer the rate it claims
+        "generator": result.generator.report(),
         "changes": changes,
     }
 
@@ -187,6 +190,8 @@ def main() -> int:
         "repeats": args.repeats,
         "median": {k: median([r[k] for r in runs]) for k in keys},
         "total_failed_requests": sum(r["failed_requests"] for r in runs),
+        "generator_cpu_core_share": median([r["generator"]["cpu_core_share"] for r in runs]),
+        "generator_valid_runs": sum(1 for r in runs if r["generator"]["valid"]),
         "apply_s_median_by_kind": {
             k: {"apply_s": round(median(v), 3), "mode": "/".join(sorted(modes[k]))} for k, v in by_kind.items()
         },
