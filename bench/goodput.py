@@ -120,7 +120,7 @@ def static_max_rate(bench: Bench, config: ServingConfig | None, args, tag: str) 
         if config is not None:
             bench.set_config(server, config)
         probe = retry_blips(lambda r: static_probe(bench, server, r, args, tag), bench.slo_ms, args.retries)
-        return rate_search(probe, args.start_rate)
+        return rate_search(probe, args.start_rate, args.max_rate)
 
 
 def fresh_static_probe(bench: Bench, config: ServingConfig, rate: float, args, tag: str) -> tuple[bool, dict]:
@@ -201,6 +201,13 @@ def main() -> int:
         "orchestrator; the first 3 s were skipped before this option existed)",
     )
     ap.add_argument("--start-rate", type=float, default=200.0)
+    ap.add_argument(
+        "--max-rate",
+        type=float,
+        default=12800.0,
+        help="the static searches' ceiling: a rate that holds at the last doubling below it is a lower bound "
+        "(reported under 'censored')",
+    )
     ap.add_argument("--converge-s", type=float, default=60.0)
     ap.add_argument("--measure-s", type=float, default=20.0)
     ap.add_argument(
@@ -278,6 +285,12 @@ def main() -> int:
                     "oracle": bracket(b_trail, b),
                     "orchestrator": bracket(c_only, c),
                 },
+                # arms whose rate is a lower bound: nothing above it failed (the search stopped at its ceiling)
+                "censored": [
+                    arm
+                    for arm, (rate, trail) in {"default": (a, a_trail), "oracle": (b, b_trail)}.items()
+                    if rate > 0 and bracket(trail, rate)[1] is None
+                ],
                 "trails": {"default": a_trail, "oracle": b_trail, "orchestrator": c_trail},
                 "generator": generator_summary(a_trail + b_trail + c_trail),
                 "seconds": t.get("seconds"),
@@ -297,6 +310,7 @@ def main() -> int:
         "orchestrator_lead_in_s": args.lead_in_s,
         "orchestrator_headroom": args.headroom,
         "retries_of_a_stall": args.retries,
+        "search_ceiling_per_s": args.max_rate,
         "judged_s": {
             "span": args.measure_s,
             "static_after_s": args.static_warmup_s,
