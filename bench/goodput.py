@@ -269,6 +269,8 @@ def main() -> int:
             c, c_trail, b_paired = orchestrator_max_rate(bench, a, b, oracle, args, f"r{i}-orchestrator")
         c_only = [p for p in c_trail if p.get("arm", "arm") == "arm"]
         passing = [p for p in c_only if p["ok"] and p["rate_per_s"] == round(c, 1)]
+        # [highest passing, lowest failing above it]: how finely each rate was resolved
+        brackets = {"default": bracket(a_trail, a), "oracle": bracket(b_trail, b), "orchestrator": bracket(c_only, c)}
         runs.append(
             {
                 "default_max_rate_per_s": round(a, 1),
@@ -279,18 +281,9 @@ def main() -> int:
                 "orchestrator_converged_after_s": passing[0]["converged_after_s"] if passing else None,
                 "orchestrator_actions": passing[0]["actions"] if passing else None,
                 "orchestrator_final_config": passing[0]["final_config"] if passing else None,
-                # [highest passing, lowest failing above it]: how finely each rate was resolved
-                "brackets": {
-                    "default": bracket(a_trail, a),
-                    "oracle": bracket(b_trail, b),
-                    "orchestrator": bracket(c_only, c),
-                },
-                # arms whose rate is a lower bound: nothing above it failed (the search stopped at its ceiling)
-                "censored": [
-                    arm
-                    for arm, (rate, trail) in {"default": (a, a_trail), "oracle": (b, b_trail)}.items()
-                    if rate > 0 and bracket(trail, rate)[1] is None
-                ],
+                "brackets": brackets,
+                # static arms whose rate is a lower bound: nothing above it failed (the search stopped at its ceiling)
+                "censored": [arm for arm in ("default", "oracle") if brackets[arm][0] > 0 and brackets[arm][1] is None],
                 "trails": {"default": a_trail, "oracle": b_trail, "orchestrator": c_trail},
                 "generator": generator_summary(a_trail + b_trail + c_trail),
                 "seconds": t.get("seconds"),
