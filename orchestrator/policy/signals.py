@@ -13,12 +13,15 @@ from tritune.serving import ServingConfig
 # Pending requests per instance beyond which requests wait for an instance rather than for the batching timer: a
 # backlog. Pressure, the verification of an action and the drain estimate all use this one threshold.
 BACKLOG_PER_INSTANCE = 4.0
+SERVICE_TAIL = 2.0  # a window's p99 service time, as a multiple of its mean (the batch size varies, not the work)
 SHARED_CORE_FREE_SHARE = 0.25  # a core another process shares counts for Triton while this much of it is free
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    avg_fraction_over: float = 0.3  # mean latency above this share of the SLO is pressure (p99 ≈ 3 × mean or more)
+    # Beside a p99 over the SLO, a mean above half this share of it makes the miss pressure (not one stray request);
+    # without a p99, a queue's mean wait times 1/this stands in for its tail (p99_from_means_ms).
+    avg_fraction_over: float = 0.3
     p99_fraction_light: float = 0.5  # below this share of the SLO (and low utilization) the load is light
     utilization_over: float = 0.9
     utilization_light: float = 0.5
@@ -100,10 +103,11 @@ def pressure(w: Window, config: ServingConfig, ctx: Context, t: Thresholds) -> P
     # minute (and are set aside after a reload), while the front door's histogram measures this window's requests.
     # Beside a measured p99 the mean says nothing more, and it would misjudge requests whose service time dominates
     # their latency (batch-8 requests: mean near p99, both well inside the SLO).
-    if w.e2e_p99_latency_ms is None and w.avg_latency_ms > t.avg_fraction_over * slo_ms:
+    if w.e2e_p99_latency_ms is None and (estimate := p99_from_means_ms(w, config, t)) > slo_ms:
         return Pressure(
             PressureKind.MEAN_LATENCY,
-            f"mean latency {w.avg_latency_ms:.1f} ms > {t.avg_fraction_over:.0%} of the SLO",
+            f"mean latency {w.avg_latency_ms:.1f} ms ({w.avg_queue_ms:.1f} queued): p99 estimated "
+            f"{estimate:.1f} ms > SLO {slo_ms:g} ms",
         )
     if has_backlog(w.pending_requests, config.instances, t.backlog_per_instance):
         return Pressure(PressureKind.BACKLOG, f"{w.pending_requests:.0f} requests pending")
@@ -114,6 +118,22 @@ def pressure(w: Window, config: ServingConfig, ctx: Context, t: Thresholds) -> P
     if w.requests and busy >= t.utilization_over:
         return Pressure(PressureKind.BUSY, f"instances {min(busy, 1.0):.0%} busy")
     return None
+
+
+def p99_from_means_ms(w: Window, config: ServingConfig, t: Thresholds) -> float:
+    """A p99 from the window's mean queueing and service times, for windows without a p99 of their own.
+
+    Each part has a tail of its own. Service (execution and the backend's handling) varies with the batch size
+    only: ``SERVICE_TAIL`` × its mean. The batching timer bounds the wait it causes: at most the delay. A wait
+    beyond the timer is for a busy instance, and queues like that have long tails: 1/``avg_fraction_over`` × its
+    mean (the multiple the whole mean was once held to). At a tight SLO, where a batch's execution is a large share
+    of the budget, holding the whole mean to a share of the SLO reads a config that holds the load as pressure.
+    """
+    delay_ms = config.max_queue_delay_us / 1000 if config.dynamic_batching else 0.0
+    timer_ms = min(w.avg_queue_ms, delay_ms)
+    waiting_ms = w.avg_queue_ms - timer_ms
+    service_ms = max(0.0, w.avg_latency_ms - w.avg_queue_ms)
+    return SERVICE_TAIL * service_ms + min(2 * timer_ms, delay_ms) + waiting_ms / t.avg_fraction_over
 
 
 def light(w: Window, config: ServingConfig, ctx: Context, t: Thresholds) -> bool:

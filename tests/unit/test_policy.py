@@ -24,7 +24,7 @@ from orchestrator.policy import (
     clamp,
     step,
 )
-from orchestrator.policy.signals import Thresholds, pressure
+from orchestrator.policy.signals import Thresholds, p99_from_means_ms, pressure
 from orchestrator.policy.types import PressureKind
 from tritune.errors import ConfigError
 
@@ -650,10 +650,34 @@ def test_beside_a_front_door_p99_the_mean_is_no_pressure_of_its_own():
     sim = Sim(ctx(), config)
     sim.run(60, batch8_through_the_door)
     assert sim.log == []  # the SLO holds with room: nothing to give up
-    # the same windows without the door: the mean is all there is between Triton's lagging summaries
+    # the same windows without the door: between Triton's lagging summaries the means are all there is, and their
+    # parts (execution, a wait the batching timer bounds) put the p99 within the SLO too
     no_door = replace(held, p99_latency_ms=None, e2e_p99_latency_ms=None, e2e_avg_latency_ms=None)
     assert pressure(held, config, ctx(), Thresholds()) is None
-    assert pressure(no_door, config, ctx(), Thresholds()).kind == PressureKind.MEAN_LATENCY
+    assert p99_from_means_ms(no_door, config, Thresholds()) < SLO
+    assert pressure(no_door, config, ctx(), Thresholds()) is None
+    # a wait beyond the timer (for a busy instance) has a long tail: the same mean, queued, is pressure
+    queued = replace(no_door, avg_latency_ms=30.0, avg_queue_ms=29.0, avg_compute_ms=1.0)
+    assert pressure(queued, config, ctx(), Thresholds()).kind == PressureKind.MEAN_LATENCY
+
+
+def test_at_a_tight_slo_a_batch_s_execution_is_no_pressure():
+    """A 10-ms SLO after an action (no p99 of its own): batches of 4 executing in 2.1 ms behind a 1-ms timer held
+    the load (client p99 ~7 ms), though their mean (3 ms) is 30% of the SLO."""
+    tight = Context(objective=Objective(10.0, 0.0), variants=ctx().variants, cores=2, headroom=False)
+    config = ServingConfig("pruned", 2, 1, True, 1000)
+    held = replace(
+        win(60.0, latency_ms=3.0, util=0.65, rate=2556, instances=2, p99=None),
+        p99_latency_ms=None,
+        avg_queue_ms=0.9,
+        avg_compute_ms=2.1,
+        avg_batch=4.1,
+    )
+    assert p99_from_means_ms(held, config, Thresholds()) == pytest.approx(2 * 2.1 + 1.0)
+    assert pressure(held, config, tight, Thresholds()) is None
+    # the same mean spent waiting for an instance is a backlog forming
+    waiting = replace(held, avg_latency_ms=5.0, avg_queue_ms=4.5, avg_compute_ms=0.5)
+    assert pressure(waiting, config, tight, Thresholds()).kind == PressureKind.MEAN_LATENCY
 
 
 def test_after_an_action_the_front_door_p99_still_counts_and_triton_s_is_set_aside():
