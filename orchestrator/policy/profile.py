@@ -34,6 +34,12 @@ MIN_BUSY_SHARE = 0.2  # below this the busy time is too small a sample to extrap
 LEARNED_WINDOWS = 3  # windows a learned rate needs before it is trusted (the median of them is used)
 KEPT_WINDOWS = 12  # the most recent windows kept per variant and instance count
 STRAIN_MARGIN = 0.8  # a load within this share of one a config was under pressure at counts as that load
+# How long a steady window counts as evidence of what a config holds. Long enough to keep the ladder from flapping
+# at a load the upper level cannot hold (a restore there is retried at most once per this span), short enough that
+# what one busy minute showed does not close the way back up for good: the memory is only refreshed while the
+# config serves, so without an end it would never be revised.
+STRAIN_MEMORY_S = 300.0
+STRAIN_KEPT = 600  # at most this many windows per variant and instance count (300 s of 0.5-s windows)
 
 
 class RateSource(StrEnum):
@@ -90,24 +96,35 @@ class ServiceProfile:
     controller's state stays a value."""
 
     rates: tuple[tuple[tuple[str, int], tuple[float, ...]], ...] = ()
-    # ((variant, instances), offered images/s per replica of recent steady windows it was under pressure at): a
+    # ((variant, instances), (end_s, offered images/s per replica, under pressure) of its recent steady windows): a
     # busy share says nothing about latency the CPU's other processes add, so a config seen under pressure at a
     # load is not predicted to hold that load again, whatever its busy share.
-    strained: tuple[tuple[tuple[str, int], tuple[float, ...]], ...] = ()
+    seen: tuple[tuple[tuple[str, int], tuple[tuple[float, float, bool], ...]], ...] = ()
 
     def observe(self, w: Window, config: ServingConfig, under_pressure: bool = False) -> ServiceProfile:
         key = (config.variant, config.instances)
         out = self
-        if under_pressure and w.requests:
-            out = replace(out, strained=_appended(out.strained, key, offered_per_replica(w)))
+        if w.requests:
+            table = dict(out.seen)
+            kept = [s for s in table.get(key, ()) if w.end_s - s[0] <= STRAIN_MEMORY_S]
+            table[key] = (*kept, (w.end_s, offered_per_replica(w), under_pressure))[-STRAIN_KEPT:]
+            out = replace(out, seen=tuple(table.items()))
         rate = service_rate(w, config)
         return out if rate is None else replace(out, rates=_appended(out.rates, key, rate))
 
-    def strained_at(self, variant: str, instances: int) -> float | None:
-        """The lowest recent load (offered images/s per replica) ``variant`` at ``instances`` was under pressure
-        at, if any."""
-        loads = dict(self.strained).get((variant, instances), ())
-        return min(loads) if loads else None
+    def strained(self, variant: str, instances: int, offered: float, now_s: float) -> bool:
+        """Whether ``variant`` at ``instances`` was seen unable to hold ``offered`` (images/s per replica) in the
+        last ``STRAIN_MEMORY_S``.
+
+        Load is monotone: a window under pressure at a load up to 1/``STRAIN_MARGIN`` of this one counts for
+        "strained", a window that held a load of at least ``STRAIN_MARGIN`` of it counts against, and the larger
+        count wins. A stall of the machine (a window or two under pressure among many that held the same load) is
+        outvoted; a load the config cannot hold, which puts most of its windows under pressure, is not.
+        """
+        windows = [s for s in dict(self.seen).get((variant, instances), ()) if now_s - s[0] <= STRAIN_MEMORY_S]
+        pressed = sum(1 for _, load, p in windows if p and load <= offered / STRAIN_MARGIN)
+        held = sum(1 for _, load, p in windows if not p and load >= offered * STRAIN_MARGIN)
+        return pressed > held
 
     def rate(self, variant: str, instances: int) -> float | None:
         """The median learned rate of ``variant`` at ``instances``, once enough windows measured it."""
@@ -118,8 +135,7 @@ class ServiceProfile:
         """The busy share ``target`` would have at this window's load, in ``current``'s other settings; ``busy``
         is the window's measured busy share of ``current``."""
         offered = offered_per_replica(w)
-        strained = self.strained_at(target, current.instances)
-        if strained is not None and offered >= STRAIN_MARGIN * strained:
+        if self.strained(target, current.instances, offered, w.end_s):
             return Prediction(math.inf, RateSource.STRAINED)
         own = self.rate(target, current.instances)
         if own:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from orchestrator.policy import Context, Objective, RulePolicy, ServingConfig, VariantInfo
-from orchestrator.policy.profile import LEARNED_WINDOWS, RateSource, ServiceProfile, service_rate
+from orchestrator.policy.profile import LEARNED_WINDOWS, STRAIN_MEMORY_S, RateSource, ServiceProfile, service_rate
 from tests.unit.test_policy import SLO, Sim, win
 
 # The build's costs (in-process ORT at batch 32): small 3.5× cheaper than pruned ...
@@ -68,7 +68,7 @@ def test_without_a_learned_rate_the_build_ratio_keeps_the_cheaper_variant_at_the
 def test_the_profile_learns_only_from_windows_busy_enough_to_extrapolate_and_keeps_the_median():
     p = ServiceProfile()
     idle = win(2.0, util=0.05, rate=50.0, instances=2)
-    assert service_rate(idle, HELD) is None and p.observe(idle, HELD) == p
+    assert service_rate(idle, HELD) is None and p.observe(idle, HELD).rates == p.rates
     for i, util in enumerate([0.5, 0.52, 0.9, 0.48]):
         p = p.observe(win(2.0 * i + 2, util=util, rate=780.0, instances=2), HELD)
     assert p.rate("pruned", 2) == (780.0 / 0.5 + 780.0 / 0.52) / 2  # the median of four rates
@@ -135,7 +135,35 @@ def test_a_variant_under_pressure_at_the_base_is_not_restored_there_so_the_ladde
     # down to small at the base (pressure); distilled, never seen at that load, is tried once; neither is restored
     # again at it: without the strain memory each would be, on its low busy share, and put under pressure again
     assert variants[-1] == "small" and "pruned" not in variants and variants.count("distilled") <= 1, sim.reasons
-    assert sim.state.profile.strained_at("pruned", 2) == base
+    assert sim.state.profile.strained("pruned", 2, base, now_s=260.0)
     w = win(2.0, latency_ms=4.0, util=0.13, rate=base, instances=2)
     p = sim.state.profile.predict(w, replace(HELD, variant="small"), "pruned", ladder_ctx(), busy=0.13)
     assert p.source == RateSource.STRAINED and "strained" in p.describe()
+
+
+def test_a_stall_at_the_base_is_outvoted_by_the_windows_that_held_it_so_the_way_back_stays_open():
+    # Two windows of a stall (pressure at the base load, the machine busy elsewhere) among the many in which pruned
+    # held the base: after a step down the ladder, pruned is still restored at the base.
+    def stall_then_step(t, instances=2, config=HELD, **kw):
+        if config.variant == "pruned" and t in (20.0, 22.0):
+            return win(t, latency_ms=90.0, util=0.6, rate=780.0, instances=instances, pending_requests=200, **kw)
+        return served(lambda t: 1820.0 if 60 <= t < 100 else 780.0)(t, instances, config, **kw)
+
+    stall_then_step.needs_config = True
+    sim = Sim(ladder_ctx(), HELD)
+    sim.run(220, stall_then_step)
+    assert [c.variant for c in sim.configs] == ["small", "pruned"], sim.reasons
+    p = sim.state.profile
+    assert not p.strained("pruned", 2, 780.0, now_s=sim.t) and p.strained("pruned", 2, 1820.0, now_s=sim.t)
+
+
+def test_what_a_config_was_seen_unable_to_hold_is_forgotten_after_the_strain_memory():
+    p = ServiceProfile()
+    for t in range(2, 22, 2):
+        p = p.observe(win(float(t), latency_ms=20.0, util=0.25, rate=400.0, instances=2), HELD, under_pressure=True)
+    assert p.strained("pruned", 2, 400.0, now_s=20.0)
+    assert p.strained("pruned", 2, 340.0, now_s=20.0)  # a lower load within the margin: the same load
+    assert not p.strained("pruned", 2, 300.0, now_s=20.0)  # well below what it was under pressure at
+    assert not p.strained("pruned", 2, 400.0, now_s=20.0 + STRAIN_MEMORY_S + 1)
+    assert not p.strained("small", 2, 400.0, now_s=20.0)  # per variant ...
+    assert not p.strained("pruned", 1, 400.0, now_s=20.0)  # ... and instance count
