@@ -20,7 +20,7 @@ from pathlib import Path
 
 from builders.build import QUICK_BUILD, BuildOptions
 from loadtest.report import write_report
-from loadtest.run import LoadTestOptions, new_run_dir, run_locust
+from loadtest.run import LoadTestOptions, answers, new_run_dir, run_locust
 from loadtest.sweep_cli import SweepOptions
 from orchestrator.cli import OrchestrateOptions
 from tritune.compare import variant_ladder
@@ -258,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
     }
     (run_dir / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
     _say(
-        f"done: {s['requests']} requests, {s['failures']} failed, {s['wrong_answers']} wrong answers; "
+        f"done: {s['requests']} requests, {s['failures']} failed, {answers(s)}; "
         f"{met}/{len(windows)} 5-s windows met p99 ≤ {args.slo_p99_ms:g} ms; {orch.state.actions} actions, "
         f"{orch.state.rollbacks} rollbacks"
     )

@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 
 from loadtest.report import write_report
-from loadtest.run import USER_CLASSES, LoadTestOptions, run_locust
+from loadtest.run import USER_CLASSES, LoadTestOptions, answers, run_locust
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     )
     s = result.summary
     print(
-        f"{s['requests']} requests, {s['failures']} failed, {s['wrong_answers']} wrong answers; "
+        f"{s['requests']} requests, {s['failures']} failed, {answers(s)}; "
         f"p50 {s.get('client_p50_ms')} ms, p99 {s.get('client_p99_ms')} ms, {s.get('throughput_req_per_s')} req/s"
     )
     print(f"run folder: {result.run_dir}\nreport: {report}")

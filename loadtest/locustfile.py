@@ -260,6 +260,7 @@ def _(environment, **_kw):
         "requests": total.num_requests,
         "failures": total.num_failures,
         "wrong_answers": _wrong_answers + sum(_worker_wrong_answers.values()),
+        "batch_size": max(1, environment.parsed_options.batch_size),
         "mode": "distributed" if isinstance(runner, MasterRunner) else "local",
         "workers": len(_worker_wrong_answers) if isinstance(runner, MasterRunner) else 0,
         "cpu_warning": bool(getattr(runner, "cpu_warning_emitted", False)),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.run import read_requests
+from loadtest.run import answers, read_requests
 from tritune import slo
 from tritune.errors import RepositoryError
 from tritune.manifest import MANIFEST, Manifest
@@ -372,7 +372,7 @@ def write_report(
             {
                 "requests": s.get("requests"),
                 "failed requests": s.get("failures"),
-                "wrong answers (counted apart from errors)": s.get("wrong_answers"),
+                "answers (wrong ones counted apart from errors)": answers(s) if "wrong_answers" in s else None,
                 "client p50 / p99 (ms)": f"{s.get('client_p50_ms')} / {s.get('client_p99_ms')}",
                 "answered req/s (whole run)": s.get("throughput_req_per_s"),
                 "load generator": f"{s.get('mode')}" + (f", {s.get('workers')} workers" if s.get("workers") else ""),

@@ -240,6 +240,16 @@ def run_locust(
     return collect(run_dir, procs[0].returncode if procs else 1)
 
 
+def answers(summary: dict) -> str:
+    """The answers' accuracy in words. ``wrong_answers`` counts misclassified images, not requests: with batch-8
+    requests a count of wrong answers beside the count of requests would read as a share of them."""
+    wrong = summary["wrong_answers"]
+    images = (summary["requests"] - summary["failures"]) * summary.get("batch_size", 1)
+    if not images:
+        return f"{wrong} misclassified images"
+    return f"{wrong:,} of {images:,} answered images misclassified (top-1 {1 - wrong / images:.3f})"
+
+
 def read_requests(run_dir: Path) -> list[dict]:
     rows = []
     for path in sorted(Path(run_dir).glob("requests-*.csv")):
