@@ -356,7 +356,7 @@ def summarize(bench, scenario, shape, result: LoadResult, arm, start_config, act
     print(
         f"  {arm}: {met}/{len(windows)} windows met p99 ≤ {bench.slo_ms:g} ms, top-1 "
         f"{out['served_top1_time_weighted']}, {out['failed_requests']} failed"
-        + (f", actions {out.get('action_rules')}" if orch else ""),
+        + (f", actions: {', '.join(map(str, out.get('action_rules') or [])) or 'none'}" if orch else ""),
         file=sys.stderr,
         flush=True,
     )
