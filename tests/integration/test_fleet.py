@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
@@ -23,7 +23,8 @@ from loadtest.openloop import OpenLoopLoad, constant
 from orchestrator.cli import OrchestrateOptions, build
 from orchestrator.fleet import Fleet, FrontDoorLatency, StaticReplicas
 from orchestrator.loop import scrape
-from orchestrator.metrics import parse_metrics
+from orchestrator.metrics import Window, parse_metrics
+from orchestrator.policy import Thresholds, pressure
 from tests.integration.conftest import ADMIN_KEY, start_server, triton_abort_is_inconclusive
 from tritune.apply import serving_config
 from tritune.client import InferenceClient
@@ -31,6 +32,7 @@ from tritune.errors import AdminError, ServerUnavailableError
 from tritune.fleet import FleetFile, FrontDoorEndpoints, ReplicaEndpoints
 from tritune.frontdoor import CADDY_BUCKETS_S, FrontDoor, FrontDoorSettings, Upstream
 from tritune.model_io import INPUT_DATATYPE, INPUT_NAME, INPUT_SHAPE
+from tritune.serving import ServingConfig
 
 MODEL = "cnn"
 BOUNDS_MS = [b * 1000 for b in CADDY_BUCKETS_S] + [float("inf")]
@@ -405,6 +407,14 @@ def slow_upload_client(url: str, body: bytes, pause_s: float, stop: threading.Ev
         out.append(status if b" 200 " in status else status + b" | " + rest[-300:])
 
 
+def window_from_summary(summary: dict) -> Window:
+    """The :class:`Window` a decision log's ``window`` record (``Window.summary()``) was written from."""
+    names = {f.name for f in fields(Window)}
+    kept = {k: v for k, v in summary.items() if k in names}
+    kept["replica_pending"] = tuple(summary.get("replica_pending", {}).items())
+    return Window(**kept)
+
+
 @pytest.mark.flaky(reruns=5, only_rerun=["TritonAborted"])
 def test_the_blind_spot_clients_wait_outside_triton_and_the_controller_acts(
     fleet, tmp_path, quick_repository, monkeypatch
@@ -463,8 +473,25 @@ def test_the_blind_spot_clients_wait_outside_triton_and_the_controller_acts(
                 ]
                 time.sleep(0.5)
             assert acted, [r for r in orch.history if r["event"] in ("hold", "action")][-5:]
-            w = acted[0]["window"]
-            assert w["e2e_p99_latency_ms"] > 100 >= w["triton_p99_latency_ms"], w
+            record = acted[0]
+            w = window_from_summary(record["window"])
+            # Clients waited past the SLO, while Triton served these very requests far inside it (its mean over the
+            # window, from its counters) ...
+            assert w.e2e_p99_latency_ms > 100 and w.avg_latency_ms < 25, record["window"]
+            # ... and the policy, given Triton's metrics alone, finds no pressure. Triton's own p99 is a summary over
+            # its last minute, which still holds earlier tests' cold first inferences on these replicas (over 100 ms
+            # on a busy machine), so it is judged as the policy judges it: a p99 beside a mean too small to act on.
+            triton_only = replace(
+                w,
+                p99_latency_ms=w.triton_p99_latency_ms,
+                triton_p99_latency_ms=None,
+                e2e_requests=0.0,
+                e2e_p99_latency_ms=None,
+                e2e_avg_latency_ms=None,
+                e2e_within_slo=None,
+            )
+            before = ServingConfig.from_dict(record["before"])
+            assert pressure(triton_only, before, orch.ctx, Thresholds()) is None, record["window"]
             # And no upload failed while the controller rolled its changes over both replicas: the front door's
             # active check must not take a reloading replica out (docs/known_issues.md, strict readiness).
             refused = [r for r in replies if b" 200 " not in r]
