@@ -421,8 +421,8 @@ def test_the_blind_spot_clients_wait_outside_triton_and_the_controller_acts(
 ):
     """Slow uploads: Triton's own latency stays far inside a 100-ms SLO while clients see 150 ms and more through
     the front door. Reading Triton alone nothing would happen; with the front door's histogram the controller acts.
-    (The wait is well above the SLO so that a fresh replica's first, slower inferences, which Triton's summary
-    keeps for its whole sliding window, stay inside it.)"""
+    (The replicas are warmed before the clients start, and Triton's side is judged as the policy judges it: its
+    summary p99 still holds a minute of earlier tests' requests.)"""
     import json
 
     servers, door = fleet
@@ -452,6 +452,12 @@ def test_the_blind_spot_clients_wait_outside_triton_and_the_controller_acts(
             headroom=False,
         )
     )
+    # The previous test's reload left each replica's sessions cold, and a cold first inference (over 100 ms on a
+    # busy machine) would count in the very window this test judges: warm them first, at the batch size sent below.
+    for s in servers:
+        with InferenceClient(s.grpc_url, "grpc", timeout_s=30) as client:
+            for _ in range(20):
+                client.infer(MODEL, x)
     stop = threading.Event()
     replies: list = []
     clients = [
