@@ -331,7 +331,9 @@ def summarize(bench, scenario, shape, result: LoadResult, arm, start_config, act
         "share_meeting_slo": round(met / len(windows), 4) if windows else None,
         "share_meeting_slo_front_door": None,  # the suite serves one Triton directly; docs/fleet.md has the door
         "served_top1_time_weighted": round(timeline_top1(bench, start_config, actions, shape.duration_s), 4),
-        "served_top1_measured": round(sum(r.correct for r in answered) / len(answered), 4) if answered else None,
+        "served_top1_measured": (
+            round(sum(r.correct for r in answered) / sum(r.images for r in answered), 4) if answered else None
+        ),
         "failed_requests": len(result.failures),
         "requests": len(result.records),
         "p99_ms_whole_run": result.summary(bench.slo_ms)["p99_ms"],
