@@ -108,6 +108,12 @@ class LoadResult:
     def failures(self) -> list[Record]:
         return [r for r in self.records if not r.ok]
 
+    @property
+    def top1(self) -> float | None:
+        """The share of answered images classified right (None without labels or answers)."""
+        checked = [r for r in self.records if r.correct is not None]
+        return sum(r.correct for r in checked) / sum(r.images for r in checked) if checked else None
+
     def windows(
         self, size_s: float = 5.0, slo_ms: float | None = None, start_s: float = 0.0, end_s: float | None = None
     ) -> list[dict]:

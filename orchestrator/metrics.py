@@ -10,7 +10,7 @@ A counter that goes backwards means Triton restarted: the window says so and car
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -160,6 +160,15 @@ class Window:
         out["interval_s"] = round(self.interval_s, 3)
         out["failure_rate"] = round(self.failure_rate, 5)
         return out
+
+    @classmethod
+    def from_summary(cls, summary: dict) -> Window:
+        """The window a :meth:`summary` (a decision log's ``window`` record) was written from, to its rounding;
+        the derived fields it adds are dropped."""
+        names = {f.name for f in fields(cls)}
+        kept = {k: v for k, v in summary.items() if k in names}
+        kept["replica_pending"] = tuple(summary.get("replica_pending", {}).items())
+        return cls(**kept)
 
 
 def window(prev: Snapshot, cur: Snapshot, model: str) -> Window:

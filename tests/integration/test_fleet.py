@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -407,14 +407,6 @@ def slow_upload_client(url: str, body: bytes, pause_s: float, stop: threading.Ev
         out.append(status if b" 200 " in status else status + b" | " + rest[-300:])
 
 
-def window_from_summary(summary: dict) -> Window:
-    """The :class:`Window` a decision log's ``window`` record (``Window.summary()``) was written from."""
-    names = {f.name for f in fields(Window)}
-    kept = {k: v for k, v in summary.items() if k in names}
-    kept["replica_pending"] = tuple(summary.get("replica_pending", {}).items())
-    return Window(**kept)
-
-
 @pytest.mark.flaky(reruns=5, only_rerun=["TritonAborted"])
 def test_the_blind_spot_clients_wait_outside_triton_and_the_controller_acts(
     fleet, tmp_path, quick_repository, monkeypatch
@@ -480,7 +472,7 @@ def test_the_blind_spot_clients_wait_outside_triton_and_the_controller_acts(
                 time.sleep(0.5)
             assert acted, [r for r in orch.history if r["event"] in ("hold", "action")][-5:]
             record = acted[0]
-            w = window_from_summary(record["window"])
+            w = Window.from_summary(record["window"])
             # Clients waited past the SLO, while Triton served these very requests far inside it (its mean over the
             # window, from its counters) ...
             assert w.e2e_p99_latency_ms > 100 and w.avg_latency_ms < 25, record["window"]

@@ -25,6 +25,7 @@ def test_answers_are_checked_and_the_schedule_kept(server, held_out, protocol, b
     assert all(r.images == batch and 0 <= r.correct <= batch for r in result.records)
     assert sum(r.correct for r in result.records) > 0.3 * batch * len(result.records)
     assert result.summary()["wrong_answers"] == sum(batch - r.correct for r in result.records)
+    assert result.top1 == pytest.approx(sum(r.correct for r in result.records) / (batch * len(result.records)))
     scheduled = [r.scheduled_s for r in result.records]
     assert scheduled == sorted(scheduled) and scheduled[-1] == pytest.approx(119 / 40)
     gen = result.generator.report()

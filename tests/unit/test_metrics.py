@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.metrics import parse_metrics, window
+from orchestrator.metrics import Window, parse_metrics, window
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -42,6 +42,14 @@ def test_window_from_counter_deltas(snaps):
     assert 0 < w.avg_compute_ms < w.avg_latency_ms
     assert w.p99_latency_ms == pytest.approx(9.148)
     assert 0 < w.busy_s <= 3.0 and w.failure_rate == 0.0 and not w.restarted
+
+
+def test_a_window_comes_back_from_its_decision_log_summary(snaps):
+    a, b = snaps
+    w = replace(window(a, b, "cnn"), replica_pending=(("r0", 2.0), ("r1", 0.0)))
+    back = Window.from_summary(w.summary())
+    assert back.summary() == w.summary()
+    assert back.replica_pending == w.replica_pending and back.requests == w.requests
 
 
 def test_counters_going_backwards_mean_a_restart(snaps):
