@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from builders import onnx_utils as ox
 from tritune.client import InferenceClient
+from tritune.model_io import INPUT_NAME, OUTPUT_NAME
 from tritune.server import ServerOptions, TritonServer
 
 KEY = "bench-key"
@@ -77,7 +78,7 @@ def direct_throughput(path: Path, batch: int, seconds: float, runs: int) -> dict
 
         def loop(i, sess):
             while not stop.is_set():
-                sess.run([ox.OUTPUT_NAME], {ox.INPUT_NAME: x})
+                sess.run([OUTPUT_NAME], {INPUT_NAME: x})
                 counts[i] += 1
 
         threads = [threading.Thread(target=loop, args=(i, s)) for i, s in enumerate(sessions)]
@@ -206,7 +207,7 @@ def main() -> int:
         admin.load(args.model, config=replace(base, parameters={**base.parameters, "intra_op_num_threads": str(CORES)}))
         x1 = np.random.default_rng(1).random((1, 3, 32, 32), dtype=np.float32)
         sess = ox.session(onnx_path, CORES)
-        direct_ms = latency_ms(lambda: sess.run([ox.OUTPUT_NAME], {ox.INPUT_NAME: x1}), args.latency_requests)
+        direct_ms = latency_ms(lambda: sess.run([OUTPUT_NAME], {INPUT_NAME: x1}), args.latency_requests)
         overhead = {"direct_ort_ms": round(direct_ms, 3)}
         for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
             with InferenceClient(url, protocol) as c:

@@ -26,16 +26,17 @@ from builders.data import load_dataset
 from builders.train import top1
 from tritune.compare import ladder, ordered, unpack
 from tritune.manifest import MANIFEST, Manifest
+from tritune.model_io import INPUT_NAME, OUTPUT_NAME
 
 TARGETS = {"int8_speedup_b32": 1.3, "pruned_speedup_b32": 1.4, "max_accuracy_loss_points": 1.0, "ladder_levels": 3}
 
 
 def throughput(sess, batch: int, seconds: float) -> float:
     x = np.random.default_rng(batch).random((batch, 3, 32, 32), dtype=np.float32)
-    sess.run([ox.OUTPUT_NAME], {ox.INPUT_NAME: x})
+    sess.run([OUTPUT_NAME], {INPUT_NAME: x})
     n, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds:
-        sess.run([ox.OUTPUT_NAME], {ox.INPUT_NAME: x})
+        sess.run([OUTPUT_NAME], {INPUT_NAME: x})
         n += 1
     return n * batch / elapsed
 

@@ -22,7 +22,15 @@ import torch
 
 from builders import onnx_utils as ox
 from builders.data import load_dataset
-from builders.models import CompressedNet, SeedCNN, count_flops, count_parameters, load_checkpoint, save_checkpoint
+from builders.models import (
+    SEED_SIGNATURE,
+    CompressedNet,
+    SeedCNN,
+    count_flops,
+    count_parameters,
+    load_checkpoint,
+    save_checkpoint,
+)
 from builders.prune import structured_prune
 from builders.repository import MANIFEST, StagedRepository
 from builders.targets import VariantArtifact, get_target
@@ -80,8 +88,29 @@ class BuildOptions:
     seed: int = 0
     threads: int = 0
     latency_runs: int = 5
+    # Bring your own model (docs/models.md): an ONNX file and the data it is measured on.
+    onnx: Path | None = None
+    torch: str | None = None  # package.module:factory
+    weights: Path | None = None  # the module's state_dict
+    student: str | None = None  # package.module:factory of a distillation student (--torch only)
+    input_shape: str | None = None  # the module's input shapes, "3,224,224" or "name:3,224,224;other:16"
+    fit_epochs: int = 0  # --torch: train the fp32 module this many epochs on --train-data first (0: as given)
+    eval_data: Path | None = None
+    train_data: Path | None = None  # int8 calibration samples (and training, where a step trains)
+    eval_size: int = 0  # evaluate the first N samples of --eval-data (0: all; without data, N random samples)
+    output: str | None = None  # the output judged for accuracy (default: the first that reads as class scores)
 
     def validate(self) -> None:
+        if self.fit_epochs < 0:
+            raise BuildError(f"--fit-epochs must be 0 (use the weights as given) or positive, got {self.fit_epochs}")
+        if self.eval_size < 0:
+            raise BuildError(f"--eval-size must be 0 (all) or positive, got {self.eval_size}")
+        if self.onnx is not None and self.torch is not None:
+            raise BuildError("give one model: --onnx FILE or --torch package.module:factory, not both")
+        if (self.weights or self.student or self.input_shape) and self.torch is None:
+            raise BuildError("--weights, --student and --input-shape apply to --torch package.module:factory")
+        if self.onnx is not None or self.torch is not None:
+            return  # the importers check their variants against what their source can give
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown or not self.variants:
             raise BuildError(
@@ -162,9 +191,25 @@ def versions() -> dict[str, str | None]:
     }
 
 
+def host_info() -> dict[str, Any]:
+    return {"machine": platform.machine(), "cpus": os.cpu_count()}
+
+
+def options_view(opts: BuildOptions) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
+
+
 def build(opts: BuildOptions, log: Callable[[str], None] = print) -> Manifest:
     """Build the requested variants into ``opts.repository``; returns the manifest."""
     opts.validate()
+    if opts.onnx is not None:
+        from builders.onnx_import import build_from_onnx
+
+        return build_from_onnx(opts, log)
+    if opts.torch is not None:
+        from builders.torch_import import build_from_torch
+
+        return build_from_torch(opts, log)
     target = get_target(opts.target, opts.compiler, opts.cache_dir)
     started = time.perf_counter()
     if opts.threads:
@@ -373,10 +418,9 @@ def _merge_manifest(
             and (opts.repository / entry.model_name).is_dir()
         ):
             merged[name] = entry
-    opt_view = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
     return Manifest(
         created_utc=datetime.now(UTC).isoformat(timespec="seconds"),
-        host={"machine": platform.machine(), "cpus": os.cpu_count()},
+        host=host_info(),
         dataset=dataset,
         public_model=opts.public_model,
         public_variant=opts.public_variant,
@@ -394,7 +438,8 @@ def _merge_manifest(
             "meaning": "class logits",
         },
         accuracy_target_points=ACCURACY_TARGET_POINTS,
-        options=opt_view,
+        options=options_view(opts),
         variants={k: merged[k] for k in VARIANTS if k in merged},
         build_seconds=build_seconds,
+        signature=SEED_SIGNATURE.to_dict(),
     )

@@ -50,6 +50,67 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.model_prefix,
         help="per-variant model names are PREFIX+variant (default: %(default)s)",
     )
+    g = p.add_argument_group("bring your own model (docs/models.md)")
+    g.add_argument(
+        "--onnx",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="build fp32/fp16/int8 variants of this ONNX model instead of the seed CNN; names and shapes are read "
+        "from its graph",
+    )
+    g.add_argument(
+        "--torch",
+        default=None,
+        metavar="MODULE:FACTORY",
+        help="build this PyTorch module's variants (fp32, pruned, fp16, int8; distilled with --student): "
+        "package.module:factory, called without arguments, e.g. torchvision.models:resnet18",
+    )
+    g.add_argument("--weights", type=Path, default=None, metavar="FILE", help="--torch: the module's state_dict")
+    g.add_argument(
+        "--student",
+        default=None,
+        metavar="MODULE:FACTORY",
+        help="--torch: a smaller module distilled from the fp32 teacher into the 'distilled' variant",
+    )
+    g.add_argument(
+        "--input-shape",
+        default=None,
+        metavar="SHAPES",
+        help="--torch: per-sample input shapes, '3,224,224' or 'name:3,224,224;other:16' (FP32); default: from an "
+        ".npz given as --eval-data",
+    )
+    g.add_argument(
+        "--fit-epochs",
+        type=int,
+        default=d.fit_epochs,
+        help="--torch: first train the fp32 module this many epochs on --train-data (needs labels; default: use "
+        "its weights as given)",
+    )
+    g.add_argument(
+        "--eval-data",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="samples the variants are measured on: an .npz (one array per input name, optional 'labels'), a folder "
+        "of class folders of images, or perf_analyzer's --input-data JSON (default: random samples, said so)",
+    )
+    g.add_argument(
+        "--train-data",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="int8 calibration samples, same formats (default: the evaluation samples)",
+    )
+    g.add_argument(
+        "--eval-size", type=int, default=d.eval_size, help="evaluate the first N samples (default: all; 256 random)"
+    )
+    g.add_argument(
+        "--output",
+        default=None,
+        help="the output judged for accuracy (default: the first that reads as class scores, else every output "
+        "within a tolerance of fp32's)",
+    )
     g = p.add_argument_group("data")
     g.add_argument(
         "--dataset",

@@ -22,7 +22,27 @@ CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR_DIR = "cifar-10-batches-py"  # torchvision's layout: <root>/cifar-10-batches-py/{data_batch_1..5,test_batch}
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-DATASETS = ("auto", "cifar10", "digits")
+DATASETS = ("auto", "cifar10", "fashion-mnist", "digits")
+# Debian's dataset-fashion-mnist package (Expat): the full set in IDX format; `make install` installs it.
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES = {
+    "x_train": "train-images-idx3-ubyte.gz",
+    "y_train": "train-labels-idx1-ubyte.gz",
+    "x_test": "t10k-images-idx3-ubyte.gz",
+    "y_test": "t10k-labels-idx1-ubyte.gz",
+}
+FASHION_MNIST_CLASSES = (
+    "t-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
 
 
 @dataclass
@@ -146,6 +166,59 @@ def download_cifar10(data_dir: Path) -> None:
         tar.extractall(data_dir, filter="data")
 
 
+def _read_idx(path: Path) -> np.ndarray:
+    """One IDX file (gzipped): magic 0x00 0x00 <type 0x08 = uint8> <ndim>, then ndim big-endian int32 sizes."""
+    import gzip
+
+    try:
+        with gzip.open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise DataError(
+            f"{path} is missing; install Fashion-MNIST with `apt-get install dataset-fashion-mnist` (or `make "
+            "install`), or use --dataset digits"
+        ) from None
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path} is corrupt ({exc}); reinstall dataset-fashion-mnist") from exc
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes; reinstall dataset-fashion-mnist")
+    ndim = raw[3]
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"{path} holds {data.size} values, its header says {dims}; reinstall dataset-fashion-mnist")
+    return data.reshape(dims)
+
+
+def fashion_mnist_available(root: Path = FASHION_MNIST_DIR) -> bool:
+    return all((root / f).is_file() for f in FASHION_MNIST_FILES.values())
+
+
+def load_fashion_mnist_raw(root: Path = FASHION_MNIST_DIR) -> dict[str, np.ndarray]:
+    """The four arrays as shipped: uint8 images [N, 28, 28] and labels [N]."""
+    return {k: _read_idx(root / f) for k, f in FASHION_MNIST_FILES.items()}
+
+
+def fashion_mnist_as_cifar(root: Path = FASHION_MNIST_DIR) -> Dataset:
+    """Fashion-MNIST (60,000 + 10,000 real 28×28 grayscale photos of clothing) in the seed CNN's 3×32×32: each
+    image padded by 2 pixels of background and copied to three channels, pixels scaled to [0, 1]."""
+    raw = load_fashion_mnist_raw(root)
+
+    def images(x: np.ndarray) -> np.ndarray:
+        x = np.pad(x, ((0, 0), (2, 2), (2, 2))).astype(np.float32) / 255.0
+        return np.ascontiguousarray(np.repeat(x[:, None], 3, axis=1))
+
+    return Dataset(
+        "fashion-mnist",
+        f"Fashion-MNIST (Zalando, MIT) from {root}, 28×28 grayscale padded to 32×32, three channels",
+        FASHION_MNIST_CLASSES,
+        images(raw["x_train"]),
+        raw["y_train"].astype(np.int64),
+        images(raw["x_test"]),
+        raw["y_test"].astype(np.int64),
+    )
+
+
 def load_digits_as_cifar(seed: int = 0, test_fraction: float = 0.5) -> Dataset:
     """scikit-learn's bundled handwritten digits (1,797 real 8×8 scans), upsampled to 3×32×32.
 
@@ -176,10 +249,15 @@ def load_digits_as_cifar(seed: int = 0, test_fraction: float = 0.5) -> Dataset:
 
 
 def load_dataset(kind: str = "auto", data_dir: Path | str = "data", download: bool = False, seed: int = 0) -> Dataset:
-    """``auto``: CIFAR-10 if a local copy exists (or ``download`` fetches one), else the bundled digits."""
+    """``auto``: CIFAR-10 if a local copy exists (or ``download`` fetches one), else the bundled digits.
+
+    Fashion-MNIST is taken when asked for (``fashion-mnist``); the models that bring their own data use it
+    through ``tritune data``."""
     if kind not in DATASETS:
         raise DataError(f"unknown dataset {kind!r}; choose one of {', '.join(DATASETS)}")
     data_dir = Path(data_dir)
+    if kind == "fashion-mnist":
+        return fashion_mnist_as_cifar()
     if kind in ("auto", "cifar10"):
         if _find_cifar(data_dir) is None and download:
             download_cifar10(data_dir)

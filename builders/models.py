@@ -17,7 +17,13 @@ import torch
 from torch import nn
 
 from tritune.errors import CheckpointError
-from tritune.model_io import INPUT_SHAPE, NUM_CLASSES
+from tritune.model_io import INPUT_DATATYPE, INPUT_NAME, INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME
+from tritune.signature import Signature, Tensor
+
+# The seed CNN's interface, as its exported ONNX graph declares it (tests compare configs against it).
+SEED_SIGNATURE = Signature(
+    (Tensor(INPUT_NAME, INPUT_DATATYPE, INPUT_SHAPE),), (Tensor(OUTPUT_NAME, INPUT_DATATYPE, (NUM_CLASSES,)),), True
+)
 
 
 class Normalize(nn.Module):

@@ -7,7 +7,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,8 +17,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from tritune.errors import BuildError, ExportError
-from tritune.model_io import INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME
+from tritune.errors import BuildError, ExportError, ModelInputError
+from tritune.signature import Signature, Tensor
 
 # Largest batch the exported graph is declared for; the served max_batch_size must not exceed it.
 MAX_EXPORT_BATCH = 1024
@@ -27,7 +27,9 @@ MAX_EXPORT_BATCH = 1024
 @contextmanager
 def _quiet() -> Iterator[None]:
     """The exporters print progress and deprecation chatter; keep the build log readable."""
+    # The root logger too: ONNX Runtime's quantizer warns through it (per-channel axes of 1-D weights it skips).
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
+    loggers.append(logging.getLogger())
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -40,20 +42,37 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def export_onnx(model: nn.Module, path: Path, opset: int = 18) -> Path:
-    """Export with a dynamic batch dimension to one self-contained file (no external ``.onnx.data``)."""
+def export_onnx(
+    model: nn.Module,
+    path: Path,
+    example: tuple[torch.Tensor, ...] | None = None,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+    dynamic_shapes: tuple | None = None,
+    opset: int = 18,
+) -> Path:
+    """Export to one self-contained file (no external ``.onnx.data``) with the dynamo exporter.
+
+    ``example`` is one tensor per input; by default the seed CNN's (one image batch, its names). Without
+    ``dynamic_shapes``, the first dimension of every input is a dynamic batch of 1..MAX_EXPORT_BATCH.
+    """
     model = model.eval()
-    example = (torch.rand(2, *INPUT_SHAPE),)
-    batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
+    if example is None:
+        from tritune.model_io import INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME  # the seed CNN's interface
+
+        example, input_names, output_names = (torch.rand(2, *INPUT_SHAPE),), [INPUT_NAME], [OUTPUT_NAME]
+    if dynamic_shapes is None:
+        batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
+        dynamic_shapes = tuple({0: batch} for _ in example)
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         tmp_path = Path(tmp) / "model.onnx"
         try:
             program = torch.onnx.export(
                 model,
                 example,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: batch},),
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_shapes=dynamic_shapes,
                 opset_version=opset,
                 dynamo=True,
                 external_data=False,
@@ -98,9 +117,81 @@ def session(path: Path | str | bytes, threads: int | None = None) -> ort.Inferen
 
 
 def run_onnx(sess: ort.InferenceSession, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    return np.concatenate(
-        [sess.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    """The first output for the one input ``x`` (samples on axis 0), in batches."""
+    inp, out = sess.get_inputs()[0].name, sess.get_outputs()[0].name
+    return np.concatenate([sess.run([out], {inp: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)])
+
+
+_ORT_TYPES = {
+    "tensor(float)": "FP32",
+    "tensor(float16)": "FP16",
+    "tensor(double)": "FP64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(bool)": "BOOL",
+}
+
+
+def session_signature(sess: ort.InferenceSession) -> Signature:
+    """The signature ONNX Runtime reports for a loaded model (same rules as :meth:`Signature.from_onnx`)."""
+
+    def read(items) -> list[tuple[str, str, list[int]]]:
+        out = []
+        for v in items:
+            if v.type not in _ORT_TYPES:
+                raise ModelInputError(f"{v.name!r} has type {v.type}, which tritune cannot serve")
+            out.append((v.name, _ORT_TYPES[v.type], [d if isinstance(d, int) and d > 0 else -1 for d in v.shape]))
+        return out
+
+    ins, outs = read(sess.get_inputs()), read(sess.get_outputs())
+    batched = all(len(d) >= 1 and d[0] < 0 for _, _, d in (*ins, *outs))
+    cut = 1 if batched else 0
+    return Signature(
+        tuple(Tensor(n, t, tuple(d[cut:])) for n, t, d in ins),
+        tuple(Tensor(n, t, tuple(d[cut:])) for n, t, d in outs),
+        batched,
     )
+
+
+def run_all(
+    sess: ort.InferenceSession,
+    inputs: dict[str, np.ndarray],
+    batched: bool,
+    batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Every output for samples ``inputs`` (one array per input, samples on axis 0), stacked on axis 0.
+
+    A batched model runs ``batch_size`` samples a call; one without a batch dimension runs each sample alone.
+    ``progress(done, total)`` is called after each call.
+    """
+    names = [o.name for o in sess.get_outputs()]
+    total = len(next(iter(inputs.values())))
+    step = batch_size if batched else 1
+    parts: list[list[np.ndarray]] = [[] for _ in names]
+    for start in range(0, total, step):
+        if batched:
+            feed = {k: v[start : start + step] for k, v in inputs.items()}
+        else:
+            feed = {k: v[start] for k, v in inputs.items()}
+        try:
+            results = sess.run(names, feed)
+        except Exception as exc:  # ONNX Runtime raises its own exception types, one per failure kind
+            raise BuildError(
+                f"ONNX Runtime failed on samples {start}..{start + step - 1}: {str(exc).splitlines()[0]}; "
+                "check that the data fits the model"
+            ) from exc
+        for part, r in zip(parts, results, strict=True):
+            part.append(r if batched else r[None])
+        if progress is not None:
+            progress(min(start + step, total), total)
+    return {n: np.concatenate(p) for n, p in zip(names, parts, strict=True)}
 
 
 def compare(reference: np.ndarray, actual: np.ndarray) -> dict[str, float]:
@@ -125,17 +216,21 @@ def to_fp16(src: Path, dst: Path) -> Path:
 
 
 class _Calibration:
-    """ONNX Runtime CalibrationDataReader over a fixed array of training images."""
+    """ONNX Runtime CalibrationDataReader over fixed samples (one array per input, samples on axis 0)."""
 
-    def __init__(self, images: np.ndarray, batch_size: int = 32):
-        self._batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+    def __init__(self, inputs: dict[str, np.ndarray], batched: bool, batch_size: int = 32):
+        n = len(next(iter(inputs.values())))
+        if batched:
+            self._batches = [{k: v[i : i + batch_size] for k, v in inputs.items()} for i in range(0, n, batch_size)]
+        else:
+            self._batches = [{k: v[i] for k, v in inputs.items()} for i in range(n)]
         self._pos = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._pos >= len(self._batches):
             return None
         self._pos += 1
-        return {INPUT_NAME: self._batches[self._pos - 1]}
+        return self._batches[self._pos - 1]
 
     def rewind(self) -> None:
         self._pos = 0
@@ -157,14 +252,25 @@ def _edge_layers(path: Path) -> list[str]:
 
 
 def to_int8(
-    src: Path, dst: Path, calibration_images: np.ndarray, method: str = "minmax", keep_edge_layers_fp32: bool = True
+    src: Path,
+    dst: Path,
+    calibration: np.ndarray | dict[str, np.ndarray],
+    method: str = "minmax",
+    keep_edge_layers_fp32: bool = True,
 ) -> Path:
     """Static post-training quantization in the form TensorRT accepts: explicit QuantizeLinear/DequantizeLinear
-    pairs, INT8, symmetric (zero-point 0) activations and weights, per-channel weight scales."""
+    pairs, INT8, symmetric (zero-point 0) activations and weights, per-channel weight scales.
+
+    ``calibration`` is samples for every input (one array per input name, samples on axis 0), or one array for a
+    model with one input. A failure inside ONNX Runtime's quantizer (an operator it cannot calibrate) is a
+    BuildError that says to leave int8 out."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if len(calibration_images) == 0:
+    sig = session_signature(session(src, threads=1))
+    if isinstance(calibration, np.ndarray):
+        calibration = {sig.inputs[0].name: calibration}
+    if not len(next(iter(calibration.values()), ())):
         raise BuildError("calibration set is empty; pass --calibration-size of at least 1 (256 is a good default)")
     methods = {
         "minmax": CalibrationMethod.MinMax,
@@ -176,33 +282,49 @@ def to_int8(
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         pre = Path(tmp) / "pre.onnx"
         out = Path(tmp) / "int8.onnx"
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        quantize_static(
-            str(pre),
-            str(out),
-            _Calibration(calibration_images.astype(np.float32)),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=methods[method],
-            nodes_to_exclude=_edge_layers(pre) if keep_edge_layers_fp32 else [],
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-        )
+        try:
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            quantize_static(
+                str(pre),
+                str(out),
+                _Calibration(calibration, sig.batched),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=methods[method],
+                nodes_to_exclude=_edge_layers(pre) if keep_edge_layers_fp32 else [],
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            )
+        except Exception as exc:  # the quantizer raises whatever its operator handlers raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise BuildError(
+                f"int8 calibration failed ({type(exc).__name__}: {first}); leave int8 out (--variants fp32,fp16) "
+                "or report the operator to ONNX Runtime"
+            ) from exc
         save_single_file(onnx.load(str(out)), dst)
     return dst
 
 
-def latency_ms(sess: ort.InferenceSession, batch: int, runs: int = 5, min_time_s: float = 0.2) -> float:
-    """Median over ``runs`` of the mean time of one call at ``batch`` (each run lasts at least ``min_time_s``)."""
-    x = np.random.default_rng(0).random((batch, *INPUT_SHAPE), dtype=np.float32)
+def latency_ms(
+    sess: ort.InferenceSession,
+    batch: int,
+    runs: int = 5,
+    min_time_s: float = 0.2,
+    feeds: dict[str, np.ndarray] | None = None,
+) -> float:
+    """Median over ``runs`` of the mean time of one call at ``batch`` (each run lasts at least ``min_time_s``), on
+    ``feeds`` or on random inputs of the model's signature (dynamic dims at their default size)."""
+    if feeds is None:
+        feeds = session_signature(sess).random_inputs(batch, np.random.default_rng(0))
+    outputs = [o.name for o in sess.get_outputs()]
     for _ in range(3):
-        sess.run([OUTPUT_NAME], {INPUT_NAME: x})
+        sess.run(outputs, feeds)
     samples = []
     for _ in range(runs):
         n, start = 0, time.perf_counter()
         while True:
-            sess.run([OUTPUT_NAME], {INPUT_NAME: x})
+            sess.run(outputs, feeds)
             n += 1
             elapsed = time.perf_counter() - start
             if elapsed >= min_time_s:

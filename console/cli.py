@@ -20,6 +20,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "train, prune, distil, quantize and export the CNN variants into a Triton model repository",
         "builders.cli",
     ),
+    "data": (
+        "write Fashion-MNIST or the digits as an .npz that fits a model's image input (--eval-data, --train-data)",
+        "builders.data_cli",
+    ),
     "demo": (
         "the main job in one command: build if needed, serve, sweep, orchestrate under a Locust step load, report",
         "console.demo",

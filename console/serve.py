@@ -9,9 +9,10 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from tritune.errors import ConfigError, ServerError
+from tritune.errors import ConfigError, ServerError, TrituneError
 from tritune.fleet import FleetFile, FrontDoorEndpoints, ReplicaEndpoints
 from tritune.frontdoor import FrontDoor, FrontDoorSettings, Upstream, find_caddy, port_free
+from tritune.manifest import Manifest
 from tritune.server import ADMIN_HEADER, GRPC_ADMIN_HEADER, ServerOptions, TritonServer, admin_key
 
 
@@ -110,6 +111,14 @@ def models_to_load(repository: Path, spec: str) -> tuple[str, ...]:
     return tuple(found)
 
 
+def public_model(repository: Path, models: tuple[str, ...]) -> str:
+    """The model clients call: the manifest's public model, else the one model loaded, else ``cnn``."""
+    try:
+        return Manifest.read(repository).public_model
+    except TrituneError:
+        return models[0] if len(models) == 1 else "cnn"
+
+
 def _watch(server: TritonServer) -> str | None:
     """Why a replica needs a restart, or None while it serves."""
     if server.proc is None or server.proc.poll() is not None:
@@ -182,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
                 ReplicaEndpoints(f"replica-{i}", s.grpc_url, s.metrics_url, s.http_url) for i, s in enumerate(servers)
             ),
             front_door=FrontDoorEndpoints(door.http_url, door.grpc_url, door.metrics_url) if door else None,
-            model=models[0] if len(models) == 1 else "cnn",
+            model=public_model(args.repository, models),
             cores_per_replica=max(1, (os.cpu_count() or 1) // args.replicas),
         ).write(args.fleet_file)
         rows = [("", "HTTP", "gRPC", "metrics")]

@@ -209,7 +209,7 @@ def _variant_table(repository: Path | None) -> str:
                     f"{v.top1 * 100:.2f}%"
                     + (f" [{v.top1_ci95[0] * 100:.1f}, {v.top1_ci95[1] * 100:.1f}]" if v.top1_ci95 else ""),
                     f"{v.parameters / 1e6:.2f} M",
-                    f"{v.flops / 1e6:.1f}",
+                    f"{v.flops / 1e6:.1f}" if v.flops is not None else "—",
                     f"{v.file_bytes / 1e6:.2f} MB",
                     f"{v.latency_ms['batch_1']:.2f}",
                     f"{b32:.2f}",

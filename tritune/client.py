@@ -17,13 +17,14 @@ from tritonclient.utils import InferenceServerException
 from tritune.errors import (
     AdminError,
     InferenceError,
+    ModelInputError,
     ModelNotFoundError,
     RequestTimeoutError,
     ServerUnavailableError,
 )
 from tritune.model_config import ModelConfig, VersionPolicy
-from tritune.model_io import INPUT_NAME, OUTPUT_NAME
 from tritune.server import ADMIN_HEADER, GRPC_ADMIN_HEADER
+from tritune.signature import Signature, datatype_of
 
 PROTOCOLS = ("http", "grpc")
 
@@ -64,6 +65,7 @@ class InferenceClient:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
         self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
         self._admin_key = admin_key
+        self._signatures: dict[str, Signature] = {}
         if protocol == "http":
             import tritonclient.http as mod
 
@@ -77,39 +79,55 @@ class InferenceClient:
         self._mod = mod
 
     # -- inference -----------------------------------------------------------------------------------------------
+    def signature(self, model: str) -> Signature:
+        """The model's inputs and outputs as Triton serves them (its config), read once per model and kept."""
+        if model not in self._signatures:
+            self._signatures[model] = Signature.from_config(self.model_config(model))
+        return self._signatures[model]
+
     def infer(
-        self, model: str, images: np.ndarray, input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME
+        self, model: str, inputs: np.ndarray, input_name: str | None = None, output_name: str | None = None
     ) -> np.ndarray:
-        """Logits for a float32 batch ``[N, 3, 32, 32]`` of images in [0, 1]."""
-        images = np.ascontiguousarray(images)
-        datatype = {
-            np.dtype(np.float32): "FP32",
-            np.dtype(np.float16): "FP16",
-            np.dtype(np.float64): "FP64",
-            np.dtype(np.int32): "INT32",
-            np.dtype(np.uint8): "UINT8",
-        }.get(images.dtype)
-        if datatype is None:
-            raise InferenceError(f"{model}: cannot send a {images.dtype} array; convert images to float32")
-        inp = self._mod.InferInput(input_name, list(images.shape), datatype)
-        inp.set_data_from_numpy(images)
-        out = self._mod.InferRequestedOutput(output_name)
+        """One output (``output_name``, else the model's first) for the array ``inputs`` sent as the model's one
+        input (``input_name``, else the model's only input, read from Triton)."""
+        if input_name is None or output_name is None:
+            sig = self.signature(model)
+            if input_name is None:
+                if len(sig.inputs) != 1:
+                    raise InferenceError(f"{model} takes inputs {sig.input_names}; call infer_all with one array each")
+                input_name = sig.inputs[0].name
+            output_name = output_name or sig.outputs[0].name
+        return self.infer_all(model, {input_name: inputs}, outputs=[output_name])[output_name]
+
+    def infer_all(
+        self, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The outputs (``outputs``, else every output of the model) for one array per input name."""
+        tensors = []
+        for name, array in inputs.items():
+            array = np.ascontiguousarray(array)
+            try:
+                datatype = datatype_of(array.dtype)
+            except ModelInputError as exc:
+                raise InferenceError(f"{model}: cannot send {name!r}: {exc}") from None
+            tensor = self._mod.InferInput(name, list(array.shape), datatype)
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        names = outputs or [t.name for t in self.signature(model).outputs]
+        requested = [self._mod.InferRequestedOutput(n) for n in names]
         try:
             if self.protocol == "http":
-                result = self._client.infer(model, [inp], outputs=[out], timeout=int(self.timeout_s * 1e6))
+                result = self._client.infer(model, tensors, outputs=requested, timeout=int(self.timeout_s * 1e6))
             else:
-                result = self._client.infer(model, [inp], outputs=[out], client_timeout=self.timeout_s)
+                result = self._client.infer(model, tensors, outputs=requested, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             raise _classify(exc, model, self.url) from None
         except (ConnectionError, OSError) as exc:
             raise self._unreachable(exc) from None
-        return result.as_numpy(output_name)
+        return {n: result.as_numpy(n) for n in names}
 
     def _unreachable(self, exc: BaseException) -> ServerUnavailableError:
         return ServerUnavailableError(f"Triton at {self.url} is unreachable ({exc}); is `tritune serve` running?")
-
-    def predict(self, model: str, images: np.ndarray) -> np.ndarray:
-        return self.infer(model, images).argmax(axis=1)
 
     # -- health and config ---------------------------------------------------------------------------------------
     def is_ready(self, model: str | None = None) -> bool:

@@ -20,6 +20,10 @@ class DataError(TrituneError):
     """A data set is missing, corrupt or unusable."""
 
 
+class ModelInputError(TrituneError):
+    """The model's interface (its inputs and outputs) is one tritune cannot serve, or a tensor does not fit it."""
+
+
 class CheckpointError(TrituneError):
     """A model checkpoint cannot be read or does not match its architecture."""
 

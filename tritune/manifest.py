@@ -31,10 +31,10 @@ class VariantRecord:
     arch_kwargs: dict[str, Any]
     derived_from: str | None
     parameters: int
-    flops: int
+    flops: int | None  # None where the builder cannot count them (an imported ONNX graph)
     file_bytes: int
     sha256: str
-    top1: float  # held-out top-1, 0..1
+    top1: float  # held-out accuracy, 0..1, by the manifest's ``accuracy["metric"]`` (top-1 unless it says otherwise)
     top1_delta_vs_fp32_points: float
     error_vs_fp32: dict[str, float]  # max abs/rel error of the logits vs the fp32 ONNX model
     export_check_vs_torch: dict[str, float]
@@ -69,6 +69,11 @@ class Manifest:
     created_utc: str = ""
     host: dict[str, Any] = field(default_factory=dict)
     build_seconds: float | None = None
+    # The model's interface (tritune.signature.Signature.to_dict) and what its variants' ``top1`` measures
+    # (tritune.accuracy.Evaluator.describe); manifests written before these were recorded are the seed CNN's.
+    signature: dict[str, Any] | None = None
+    accuracy: dict[str, Any] = field(default_factory=lambda: {"metric": "top1", "meaning": "top-1 against the labels"})
+    source: str = "seed CNN (builders/models.py)"
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,25 +10,29 @@ from pathlib import Path
 from builders.onnx_utils import MAX_EXPORT_BATCH
 from builders.targets.base import CompiledModel, VariantArtifact
 from tritune.errors import BuildError
-from tritune.model_config import InstanceGroup, ModelConfig, TensorSpec, VersionPolicy
-from tritune.model_io import INPUT_NAME, INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME
+from tritune.model_config import InstanceGroup, ModelConfig, VersionPolicy
+from tritune.signature import Signature
 
 MODEL_PY = Path(__file__).resolve().parent.parent / "triton" / "model.py"
 
 
 def cpu_model_config(
-    model_name: str, artifact: VariantArtifact, sha256: str, max_batch_size: int, num_classes: int = NUM_CLASSES
+    model_name: str, artifact: VariantArtifact, sha256: str, max_batch_size: int, signature: Signature | None = None
 ) -> ModelConfig:
     """Triton's default serving config for a variant: one CPU instance, no dynamic batching.
 
-    The orchestrator starts from here and retunes batching and instances live.
+    Inputs and outputs come from the variant's ONNX graph (``signature``, read from the file when not given); a
+    model without a batch dimension gets ``max_batch_size: 0``. The orchestrator starts from here and retunes
+    batching and instances live.
     """
+    signature = signature or Signature.from_onnx(artifact.onnx_path)
+    inputs, outputs = signature.tensor_specs()
     return ModelConfig(
         name=model_name,
         backend="python",
-        max_batch_size=max_batch_size,
-        inputs=(TensorSpec(INPUT_NAME, "TYPE_FP32", INPUT_SHAPE),),
-        outputs=(TensorSpec(OUTPUT_NAME, "TYPE_FP32", (num_classes,)),),
+        max_batch_size=max_batch_size if signature.batched else 0,
+        inputs=inputs,
+        outputs=outputs,
         instance_group=(InstanceGroup(count=1, kind="KIND_CPU"),),
         parameters={
             "intra_op_num_threads": "auto",

@@ -4,6 +4,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from builders.models import SEED_SIGNATURE
 from builders.targets.base import VariantArtifact
 from builders.targets.cpu import cpu_model_config
 from tritune.apply import model_config, serving_config
@@ -14,7 +15,7 @@ VERSIONS = {"fp32": 1, "pruned": 2, "distilled": 3, "fp16": 4, "int8": 5}
 
 
 def public() -> object:
-    base = cpu_model_config("cnn", VariantArtifact("fp32", "fp32", Path("x.onnx")), "0" * 64, 64)
+    base = cpu_model_config("cnn", VariantArtifact("fp32", "fp32", Path("x.onnx")), "0" * 64, 64, SEED_SIGNATURE)
     return replace(base, version_policy=VersionPolicy(specific=(1,))).with_parameters(
         variant_versions=json.dumps(VERSIONS)
     )

@@ -9,6 +9,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
+from builders.models import SEED_SIGNATURE
 from builders.targets.base import VariantArtifact
 from builders.targets.cpu import cpu_model_config
 from tritune.errors import ConfigError
@@ -19,7 +20,7 @@ GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 
 def _default() -> ModelConfig:
     artifact = VariantArtifact("int8", "int8", Path("unused.onnx"))
-    return cpu_model_config("cnn_int8", artifact, "0" * 64, max_batch_size=64)
+    return cpu_model_config("cnn_int8", artifact, "0" * 64, max_batch_size=64, signature=SEED_SIGNATURE)
 
 
 def _tuned() -> ModelConfig:
