@@ -55,7 +55,7 @@ def test_explicit_config_file_replaces_the_default_one(monkeypatch, tmp_path):
         ({"tritune.toml": "[build\nepochs=1"}, {}, "not valid TOML"),
         ({"tritune.toml": "[build]\nepochz = 1\n"}, {}, "unknown option 'epochz'"),
         ({"tritune.toml": "[build]\nepochs = 'many'\n"}, {}, "not a valid value for --epochs"),
-        ({}, {"TRITUNE_DATASET": "imagenet"}, "TRITUNE_DATASET.*one of auto, cifar10, digits"),
+        ({}, {"TRITUNE_DATASET": "imagenet"}, "TRITUNE_DATASET.*one of auto, cifar10, fashion-mnist, digits"),
         ({}, {"TRITUNE_CONFIG": "missing.toml"}, "does not exist"),
     ],
 )
