@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: install caddy lint format test test-unit build demo bench clean
+.PHONY: install caddy datasets lint format test test-unit build demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,7 +23,16 @@ caddy:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq caddy >/dev/null; }
 	@caddy version
 
-install: $(VENV)/.installed caddy
+# Fashion-MNIST (Debian's dataset-fashion-mnist, MIT): the real images `tritune data` writes for a model's input.
+datasets:
+	@test -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else \
+	    echo "error: Fashion-MNIST is missing and this user cannot install it: run 'apt-get install dataset-fashion-mnist' as root" >&2; exit 1; fi; \
+	  command -v apt-get >/dev/null 2>&1 || { echo "error: Fashion-MNIST is missing: install Debian's dataset-fashion-mnist" >&2; exit 1; }; \
+	  echo "installing dataset-fashion-mnist (apt-get)"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; }
+
+install: $(VENV)/.installed caddy datasets
 
 lint: install
 	$(VENV)/bin/ruff check .

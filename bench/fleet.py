@@ -37,6 +37,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from bench.common import median
+from builders.models import INPUT_DATATYPE, INPUT_NAME, INPUT_SHAPE
 from loadtest.openloop import OpenLoopLoad, constant
 from orchestrator.fleet import Fleet, FrontDoorLatency, StaticReplicas
 from orchestrator.loop import scrape
@@ -45,7 +46,6 @@ from tritune.apply import serving_config
 from tritune.client import InferenceClient
 from tritune.fleet import ReplicaEndpoints
 from tritune.frontdoor import CADDY_BUCKETS_S, FrontDoor, FrontDoorSettings, Upstream
-from tritune.model_io import INPUT_DATATYPE, INPUT_NAME, INPUT_SHAPE
 from tritune.server import ServerOptions, TritonServer
 
 KEY = "bench-key"

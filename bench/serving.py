@@ -31,8 +31,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from builders import onnx_utils as ox
+from builders.models import INPUT_NAME, OUTPUT_NAME
 from tritune.client import InferenceClient
-from tritune.model_io import INPUT_NAME, OUTPUT_NAME
 from tritune.server import ServerOptions, TritonServer
 
 KEY = "bench-key"

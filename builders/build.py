@@ -23,6 +23,11 @@ import torch
 from builders import onnx_utils as ox
 from builders.data import load_dataset
 from builders.models import (
+    INPUT_DATATYPE,
+    INPUT_NAME,
+    INPUT_SHAPE,
+    NUM_CLASSES,
+    OUTPUT_NAME,
     SEED_SIGNATURE,
     CompressedNet,
     SeedCNN,
@@ -35,7 +40,6 @@ from builders.prune import structured_prune
 from builders.repository import MANIFEST, StagedRepository
 from builders.targets import VariantArtifact, get_target
 from builders.train import TrainConfig, distill, predict_logits, top1, train
-from tritune import model_io
 from tritune.compare import pack, wilson
 from tritune.errors import BuildError, CheckpointError, ExportError, RepositoryError
 from tritune.manifest import Manifest, VariantRecord
@@ -426,15 +430,15 @@ def _merge_manifest(
         public_variant=opts.public_variant,
         public_versions={v: VERSION_OF[v] for v in variants},
         input={
-            "name": model_io.INPUT_NAME,
-            "datatype": model_io.INPUT_DATATYPE,
-            "shape": [-1, *model_io.INPUT_SHAPE],
+            "name": INPUT_NAME,
+            "datatype": INPUT_DATATYPE,
+            "shape": [-1, *INPUT_SHAPE],
             "range": [0.0, 1.0],
         },
         output={
-            "name": model_io.OUTPUT_NAME,
-            "datatype": model_io.INPUT_DATATYPE,
-            "shape": [-1, model_io.NUM_CLASSES],
+            "name": OUTPUT_NAME,
+            "datatype": INPUT_DATATYPE,
+            "shape": [-1, NUM_CLASSES],
             "meaning": "class logits",
         },
         accuracy_target_points=ACCURACY_TARGET_POINTS,

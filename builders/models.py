@@ -17,13 +17,23 @@ import torch
 from torch import nn
 
 from tritune.errors import CheckpointError
-from tritune.model_io import INPUT_DATATYPE, INPUT_NAME, INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME
 from tritune.signature import Signature, Tensor
 
-# The seed CNN's interface, as its exported ONNX graph declares it (tests compare configs against it).
+# The seed CNN's interface, owned here (its builder): one image, float32 in [0, 1], in; class logits out. Every
+# other module reads a model's interface from the model (tritune/signature.py), never from these.
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+INPUT_SHAPE = (3, 32, 32)  # channels, height, width
+NUM_CLASSES = 10
+INPUT_DATATYPE = "FP32"  # Triton's wire datatype of both tensors
 SEED_SIGNATURE = Signature(
     (Tensor(INPUT_NAME, INPUT_DATATYPE, INPUT_SHAPE),), (Tensor(OUTPUT_NAME, INPUT_DATATYPE, (NUM_CLASSES,)),), True
 )
+
+
+def seed_export_args() -> tuple[tuple[torch.Tensor, ...], list[str], list[str]]:
+    """The example input and the tensor names the seed CNN (and its students) are exported with."""
+    return (torch.rand(2, *INPUT_SHAPE),), [INPUT_NAME], [OUTPUT_NAME]
 
 
 class Normalize(nn.Module):

@@ -58,9 +58,9 @@ def export_onnx(
     """
     model = model.eval()
     if example is None:
-        from tritune.model_io import INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME  # the seed CNN's interface
+        from builders.models import seed_export_args
 
-        example, input_names, output_names = (torch.rand(2, *INPUT_SHAPE),), [INPUT_NAME], [OUTPUT_NAME]
+        example, input_names, output_names = seed_export_args()
     if dynamic_shapes is None:
         batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
         dynamic_shapes = tuple({0: batch} for _ in example)
@@ -267,6 +267,7 @@ def to_int8(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    src, dst = Path(src), Path(dst)
     sig = session_signature(session(src, threads=1))
     if isinstance(calibration, np.ndarray):
         calibration = {sig.inputs[0].name: calibration}

@@ -32,6 +32,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "drive a running Triton with Locust (HTTP/gRPC users, load shapes) into a run folder with a report",
         "loadtest.cli",
     ),
+    "measure": (
+        "measure a repository's own variant models on your data into a manifest and a public model: the ladder on",
+        "builders.measure",
+    ),
     "orchestrate": ("retune batching, instances and the served variant live against a p99 SLO", "orchestrator.cli"),
     "sweep": (
         "offline search of instances × queue delays × batch sizes × variants × concurrency against a p99 SLO",

@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grpc-url", default=d.grpc_url, help="Triton gRPC host:port (default: %(default)s)")
     g.add_argument("--protocol", default=d.protocol, choices=sorted(USER_CLASSES), help="(default: %(default)s)")
     g.add_argument("--model", default=d.model, help="(default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="images per request (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per request (default: %(default)s)")
     g = p.add_argument_group("load")
     g.add_argument(
         "--shape",
@@ -37,7 +37,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--web", action="store_true", help="keep Locust's web UI up on 127.0.0.1 (--web-port)")
     g.add_argument("--web-port", type=int, default=d.web_port, help="(default: %(default)s)")
-    g.add_argument("--dataset", default=d.dataset, help="held-out images to send (default: %(default)s)")
+    g.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="samples to send: .npz (one array per input, optional labels), image folder or perf_analyzer JSON; "
+        "default: the seed CNN's held-out images for a model with its interface, else random samples",
+    )
+    g.add_argument("--dataset", default=d.dataset, help="the seed CNN's held-out images (default: %(default)s)")
     g.add_argument("--data-dir", type=Path, default=d.data_dir, help="(default: %(default)s)")
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, default=d.out_dir, help="parent of the run folder (default: %(default)s)")
@@ -64,6 +71,7 @@ def options_from_args(args: argparse.Namespace) -> LoadTestOptions:
         run_name=args.run_name,
         web=args.web,
         web_port=args.web_port,
+        data=args.data,
         dataset=args.dataset,
         data_dir=args.data_dir,
         request_timeout_s=args.request_timeout_s,

@@ -1,4 +1,4 @@
-"""Locust users for Triton: ``TritonHttpUser`` and ``TritonGrpcUser`` sending real held-out images.
+"""Locust users for Triton: ``TritonHttpUser`` and ``TritonGrpcUser`` sending the user's data to any model.
 
 Run it through ``tritune loadtest`` (headless, a run folder with CSV/HTML/JSON and a report), or directly::
 
@@ -6,7 +6,10 @@ Run it through ``tritune loadtest`` (headless, a run folder with CSV/HTML/JSON a
     locust -f loadtest/locustfile.py --grpc-url 127.0.0.1:8001 --load-shape step:values=4/16/4,step_s=30 \
         --headless TritonGrpcUser
 
-Every response's predicted classes are checked against the labels: a wrong answer is counted apart from errors
+The model's inputs and outputs are read from Triton at start (its config), as perf_analyzer reads them. Requests
+carry ``--data`` (an .npz with one array per input and optional ``labels``, an ImageFolder folder, or
+perf_analyzer's JSON), or, without it, random data of the right datatypes and shapes. Where the data has labels and
+the model gives class scores, every answer is checked: a wrong answer is counted apart from errors
 (``wrong_answers`` in the run summary), because a server that answers fast and wrong is not an error Locust sees.
 
 Closed loop (default): each user sends, waits for the answer, waits ``--wait-ms``, repeats; the load shape gives the
@@ -47,12 +50,15 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 
 from loadtest.shapes import Shape, parse_shape  # noqa: E402
-from tritune.model_io import INPUT_DATATYPE, INPUT_NAME, OUTPUT_NAME  # noqa: E402
+from tritune.accuracy import predicted  # noqa: E402
+from tritune.model_config import ModelConfig  # noqa: E402
+from tritune.samples import Samples, load_samples, synthesize  # noqa: E402
+from tritune.signature import Signature  # noqa: E402
 
 _wrong_answers = 0  # this process; workers report theirs to the master (report_to_master / worker_report)
 _worker_wrong_answers: dict[str, int] = {}
 _records: list[tuple[float, str, float, int, int]] = []  # (end epoch s, type, latency ms, ok, wrong) for reports
-_images: tuple[np.ndarray, np.ndarray] | None = None
+_data: tuple[Signature, Samples] | None = None  # read once per process, by the first user
 _start_epoch: float | None = None
 
 
@@ -61,8 +67,10 @@ def _(parser):
     g = parser.add_argument_group("tritune")
     g.add_argument("--triton-model", default="cnn", help="model name on Triton (default: cnn)")
     g.add_argument("--grpc-url", default="127.0.0.1:8001", help="host:port of Triton's gRPC endpoint")
-    g.add_argument("--batch-size", type=int, default=1, help="images per request (default: 1)")
-    g.add_argument("--images", default="", help="held-out images as .npz with x (N,3,32,32 float32) and y")
+    g.add_argument("--batch-size", type=int, default=1, help="samples per request (default: 1)")
+    g.add_argument(
+        "--data", default="", help="samples to send: .npz, image folder or perf_analyzer JSON (default: random)"
+    )
     g.add_argument("--wait-ms", type=float, default=0.0, help="closed loop: pause after each answer (default: 0)")
     g.add_argument("--load-shape", default="", help="KIND:key=value,... (see loadtest/shapes.py); default -u/-r/-t")
     g.add_argument("--open-loop", action="store_true", help="the shape gives requests/s, not users")
@@ -71,18 +79,15 @@ def _(parser):
     g.add_argument("--tritune-out", default="", help="folder for tritune's summary and per-request records")
 
 
-def _held_out(path: str) -> tuple[np.ndarray, np.ndarray]:
-    global _images
-    if _images is None:
-        if path:
-            with np.load(path) as f:
-                _images = (f["x"].astype(np.float32), f["y"].astype(np.int64))
-        else:
-            from builders.data import load_dataset
-
-            data = load_dataset("digits")
-            _images = (data.x_test.astype(np.float32), data.y_test.astype(np.int64))
-    return _images
+def _model_data(client, model: str, path: str, grpc: bool) -> tuple[Signature, Samples]:
+    """The model's signature (from Triton) and the samples to send, read once per process."""
+    global _data
+    if _data is None:
+        raw = client.get_model_config(model, as_json=True) if grpc else client.get_model_config(model)
+        signature = Signature.from_config(ModelConfig.from_dict(raw))
+        samples = load_samples(path, signature, "--data") if path else synthesize(signature, 64)
+        _data = (signature, samples)
+    return _data
 
 
 def _shape(options) -> Shape | None:
@@ -98,14 +103,19 @@ class _TritonUser(User):
         opts = self.environment.parsed_options
         self.model, self.batch = opts.triton_model, max(1, opts.batch_size)
         self.timeout_s = opts.request_timeout_s
-        self.x, self.y = _held_out(opts.images)
-        self.cursor = int.from_bytes(os.urandom(2), "little") % len(self.x)
-        self.name = f"{self.model} [batch {self.batch}]"
         self.open_loop = bool(opts.open_loop)
         self.pending = Group()
         if _start_epoch is None:
             _start_epoch = time.time()
         self.client = self.connect(opts)
+        self.signature, self.samples = _model_data(self.client, self.model, opts.data, self.request_type == "gRPC")
+        if not self.signature.batched:
+            self.batch = 1  # a model without a batch dimension takes one sample a request
+        classifier = self.signature.classifier_output
+        # Answers are checked where the data has labels and the model gives class scores.
+        self.judged = classifier.name if classifier is not None and self.samples.labels is not None else None
+        self.cursor = int.from_bytes(os.urandom(2), "little") % len(self.samples)
+        self.name = f"{self.model} [batch {self.batch}]"
 
     def on_stop(self) -> None:
         # Unclosed gRPC clients keep Locust from exiting; outstanding open-loop requests are abandoned on stop.
@@ -116,20 +126,28 @@ class _TritonUser(User):
     def wait_time(self) -> float:
         return 0.0 if self.open_loop else self.environment.parsed_options.wait_ms / 1000
 
-    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        idx = (self.cursor + np.arange(self.batch)) % len(self.x)
-        self.cursor = (self.cursor + self.batch) % len(self.x)
-        return self.x[idx], self.y[idx]
+    def next_batch(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The next request's inputs (``batch`` samples, or one sample whole without a batch dimension)."""
+        n = len(self.samples)
+        idx = (self.cursor + np.arange(self.batch)) % n
+        self.cursor = (self.cursor + self.batch) % n
+        if self.signature.batched:
+            inputs = {k: v[idx] for k, v in self.samples.inputs.items()}
+        else:
+            inputs = {k: v[idx[0]] for k, v in self.samples.inputs.items()}
+        return inputs, idx
 
     def one_request(self, scheduled: float | None = None) -> None:
         global _wrong_answers
-        x, y = self.next_batch()
+        inputs, idx = self.next_batch()
         start = time.perf_counter() if scheduled is None else scheduled
         exc, length, wrong = None, 0, 0
         try:
-            logits = self.infer(x)
-            length = logits.nbytes
-            wrong = int((logits.argmax(1) != y).sum())
+            outputs = self.infer(inputs)
+            length = sum(o.nbytes for o in outputs.values())
+            if self.judged is not None:
+                scores = outputs[self.judged] if self.signature.batched else outputs[self.judged][None]
+                wrong = int((predicted(scores) != self.samples.labels[idx[: len(scores)]]).sum())
         except Exception as e:  # every failure is reported to Locust, none stops the user
             exc = e
         elapsed_ms = (time.perf_counter() - start) * 1000
@@ -182,13 +200,15 @@ class TritonHttpUser(_TritonUser):
             url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s, concurrency=concurrency
         )
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        inp = httpclient.InferInput(INPUT_NAME, list(x.shape), INPUT_DATATYPE)
-        inp.set_data_from_numpy(x, binary_data=True)
-        out = httpclient.InferRequestedOutput(OUTPUT_NAME, binary_data=True)
-        return self.client.infer(self.model, [inp], outputs=[out], timeout=int(self.timeout_s * 1e6)).as_numpy(
-            OUTPUT_NAME
-        )
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tensors = []
+        for t in self.signature.inputs:
+            tensor = httpclient.InferInput(t.name, list(inputs[t.name].shape), t.datatype)
+            tensor.set_data_from_numpy(inputs[t.name], binary_data=True)
+            tensors.append(tensor)
+        outs = [httpclient.InferRequestedOutput(t.name, binary_data=True) for t in self.signature.outputs]
+        result = self.client.infer(self.model, tensors, outputs=outs, timeout=int(self.timeout_s * 1e6))
+        return {t.name: result.as_numpy(t.name) for t in self.signature.outputs}
 
 
 class TritonGrpcUser(_TritonUser):
@@ -199,10 +219,14 @@ class TritonGrpcUser(_TritonUser):
     def connect(self, opts):
         return grpcclient.InferenceServerClient(opts.grpc_url)
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        inp = grpcclient.InferInput(INPUT_NAME, list(x.shape), INPUT_DATATYPE)
-        inp.set_data_from_numpy(x)
-        return self.client.infer(self.model, [inp], client_timeout=self.timeout_s).as_numpy(OUTPUT_NAME)
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tensors = []
+        for t in self.signature.inputs:
+            tensor = grpcclient.InferInput(t.name, list(inputs[t.name].shape), t.datatype)
+            tensor.set_data_from_numpy(inputs[t.name])
+            tensors.append(tensor)
+        result = self.client.infer(self.model, tensors, client_timeout=self.timeout_s)
+        return {t.name: result.as_numpy(t.name) for t in self.signature.outputs}
 
 
 class TrituneShape(LoadTestShape):
@@ -260,7 +284,9 @@ def _(environment, **_kw):
         "requests": total.num_requests,
         "failures": total.num_failures,
         "wrong_answers": _wrong_answers + sum(_worker_wrong_answers.values()),
-        "batch_size": max(1, environment.parsed_options.batch_size),
+        "batch_size": max(1, environment.parsed_options.batch_size) if _data is None or _data[0].batched else 1,
+        "data": _data[1].source if _data is not None else None,
+        "answers_checked": bool(_data and _data[1].labels is not None and _data[0].classifier_output is not None),
         "mode": "distributed" if isinstance(runner, MasterRunner) else "local",
         "workers": len(_worker_wrong_answers) if isinstance(runner, MasterRunner) else 0,
         "cpu_warning": bool(getattr(runner, "cpu_warning_emitted", False)),

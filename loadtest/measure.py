@@ -15,6 +15,9 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from tritune import slo
+from tritune.accuracy import predicted
+from tritune.model_config import ModelConfig
+from tritune.signature import Signature
 
 
 @dataclass(frozen=True)
@@ -57,32 +60,49 @@ def _stable(ws: list[tuple[float, float]], rule: StabilityRule) -> bool:
 def measure(
     url: str,
     model: str,
-    images: np.ndarray,
+    samples: np.ndarray | dict[str, np.ndarray],
     labels: np.ndarray | None,
     concurrency: int,
     batch: int = 1,
     rule: StabilityRule = StabilityRule(),
     timeout_s: float = 30.0,
+    signature: Signature | None = None,
 ) -> Measurement:
+    """Closed loop: ``concurrency`` threads each send ``batch`` samples (one array per model input, or one array
+    for a one-input model), wait for the answer and send again, until the throughput is stable."""
     client = grpcclient.InferenceServerClient(url)
+    if signature is None:
+        signature = Signature.from_config(ModelConfig.from_dict(client.get_model_config(model, as_json=True)))
+    if isinstance(samples, np.ndarray):
+        samples = {signature.inputs[0].name: samples}
+    samples = signature.check_inputs(samples, "the sweep's samples")
+    n = len(next(iter(samples.values())))
+    batch = batch if signature.batched else 1
+    classifier = signature.classifier_output
+    judged = classifier.name if classifier is not None and labels is not None else None
     records: list[tuple[float, float, bool, int]] = []  # (end monotonic s, latency ms, ok, wrong)
     lock = threading.Lock()
     stop = threading.Event()
-    images = images.astype(np.float32)
 
     def worker(k: int) -> None:
         i = k * 7919
         while not stop.is_set():
-            idx = [(i + j) % len(images) for j in range(batch)]
+            idx = [(i + j) % n for j in range(batch)]
             i += batch
-            inp = grpcclient.InferInput("input", [batch, *images.shape[1:]], "FP32")
-            inp.set_data_from_numpy(images[idx])
+            tensors = []
+            for t in signature.inputs:
+                array = samples[t.name][idx] if signature.batched else samples[t.name][idx[0]]
+                tensor = grpcclient.InferInput(t.name, list(array.shape), t.datatype)
+                tensor.set_data_from_numpy(array)
+                tensors.append(tensor)
             t = time.monotonic()
             ok, wrong = True, 0
             try:
-                out = client.infer(model, [inp], client_timeout=timeout_s).as_numpy("logits")
-                if labels is not None:
-                    wrong = int((out.argmax(1) != labels[idx]).sum())
+                result = client.infer(model, tensors, client_timeout=timeout_s)
+                if judged is not None:
+                    out = result.as_numpy(judged)
+                    scores = out if signature.batched else out[None]
+                    wrong = int((predicted(scores) != labels[idx]).sum())
             except Exception:  # counted; the measurement goes on
                 ok = False
             end = time.monotonic()

@@ -30,7 +30,8 @@ import numpy as np
 from tritonclient.grpc import service_pb2
 
 from tritune import slo
-from tritune.model_io import INPUT_DATATYPE, INPUT_NAME, INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME
+from tritune.accuracy import predicted
+from tritune.signature import Signature
 
 RateFn = Callable[[float], float]  # seconds since start → requests per second
 
@@ -177,10 +178,11 @@ class _Grpc:
         self.payloads = []
         for idx in load.windows:
             request = service_pb2.ModelInferRequest(model_name=load.model)
-            tensor = request.inputs.add()
-            tensor.name, tensor.datatype = INPUT_NAME, INPUT_DATATYPE
-            tensor.shape.extend([len(idx), *INPUT_SHAPE])
-            request.raw_input_contents.append(load.images[idx].tobytes())
+            for name, array in load.request_arrays(idx).items():
+                tensor = request.inputs.add()
+                tensor.name, tensor.datatype = name, load.signature.input(name).datatype
+                tensor.shape.extend(array.shape)
+                request.raw_input_contents.append(array.tobytes())
             self.payloads.append(request.SerializeToString())
 
     async def open(self) -> None:
@@ -208,7 +210,12 @@ class _Grpc:
         except Exception as exc:  # the channel itself failed: count it, keep the schedule
             self.load._record(k, scheduled, None, f"{type(exc).__name__}: {exc}")
         else:
-            self.load._record(k, scheduled, service_pb2.ModelInferResponse.FromString(reply).raw_output_contents[0])
+            scores = None
+            if self.load.judged is not None:  # parsed only where answers are checked
+                response = service_pb2.ModelInferResponse.FromString(reply)
+                at = next(i for i, o in enumerate(response.outputs) if o.name == self.load.judged)
+                scores = response.raw_output_contents[at]
+            self.load._record(k, scheduled, scores)
 
     async def drain(self, timeout_s: float) -> None:
         if self.tasks:
@@ -255,7 +262,7 @@ class _HttpConnection(asyncio.Protocol):
         body = bytes(self.buf[end + 4 : end + 4 + size])
         del self.buf[: end + 4 + size]
         if head[9:12] == b"200":
-            self._finish(body[-self.http.output_bytes :], None)
+            self._finish(self.http.scores(head, body), None)
         else:
             self._finish(None, f"HTTP {head[9:12].decode()}: {body[:200].decode(errors='replace')}")
         if self.transport is not None and not self.transport.is_closing():
@@ -284,29 +291,43 @@ class _Http:
         host, _, port = load.url.removeprefix("http://").rstrip("/").rpartition(":")
         self.host, self.port = host or "127.0.0.1", int(port)
         self.payloads = []
+        outputs = [{"name": t.name, "parameters": {"binary_data": True}} for t in load.signature.outputs]
         for idx in load.windows:
-            raw = load.images[idx].tobytes()
-            header = json.dumps(
+            arrays = load.request_arrays(idx)
+            raws = [a.tobytes() for a in arrays.values()]
+            inputs = [
                 {
-                    "inputs": [
-                        {
-                            "name": INPUT_NAME,
-                            "shape": [len(idx), *INPUT_SHAPE],
-                            "datatype": INPUT_DATATYPE,
-                            "parameters": {"binary_data_size": len(raw)},
-                        }
-                    ],
-                    "outputs": [{"name": OUTPUT_NAME, "parameters": {"binary_data": True}}],
-                },
-                separators=(",", ":"),
-            ).encode()
+                    "name": name,
+                    "shape": list(a.shape),
+                    "datatype": load.signature.input(name).datatype,
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+                for (name, a), raw in zip(arrays.items(), raws, strict=True)
+            ]
+            header = json.dumps({"inputs": inputs, "outputs": outputs}, separators=(",", ":")).encode()
+            body = b"".join(raws)
             head = (
                 f"POST /v2/models/{load.model}/infer HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
                 f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {len(header)}\r\n"
-                f"Content-Length: {len(header) + len(raw)}\r\n\r\n"
+                f"Content-Length: {len(header) + len(body)}\r\n\r\n"
             ).encode()
-            self.payloads.append(head + header + raw)
-        self.output_bytes = load.batch * NUM_CLASSES * 4  # FP32 logits at the end of the reply
+            self.payloads.append(head + header + body)
+
+    def scores(self, head: bytes, body: bytes) -> bytes | None:
+        """The judged output's bytes in a binary-extension reply (JSON header, then each output's bytes in the
+        header's order), or None where answers are not checked."""
+        if self.load.judged is None:
+            return None
+        at = head.find(b"\r\ninference-header-content-length:")
+        stop = head.find(b"\r\n", at + 35)
+        size = int(head[at + 35 : stop if stop > 0 else None]) if at >= 0 else len(body)
+        offset = size
+        for out in json.loads(body[:size])["outputs"]:
+            n = out.get("parameters", {}).get("binary_data_size", 0)
+            if out["name"] == self.load.judged:
+                return body[offset : offset + n]
+            offset += n
+        return None
 
     async def open(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -361,51 +382,74 @@ class _Http:
 
 
 class OpenLoopLoad:
-    """``OpenLoopLoad(url, model, images).run(seconds, rate)``: open-loop load from one asyncio loop.
+    """``OpenLoopLoad(url, model, samples).run(seconds, rate)``: open-loop load from one asyncio loop.
 
     ``protocol``: "grpc" (``url`` is host:port of the gRPC endpoint) or "http" (host:port of the HTTP endpoint;
     Triton's binary tensor extension, the cheaper of the two for the client: about a third of gRPC's CPU per
-    request, see docs/benchmarks.md). ``batch`` images per request (cycling through ``images``); ``labels`` turn
-    on the per-response top-1 check; ``channels`` gRPC connections share the sends round robin. ``stop()`` ends
-    a run early from another thread.
+    request, see docs/benchmarks.md). ``samples`` is one array per model input (samples on axis 0), or one array
+    for a model with one input; the model's signature is read from Triton unless given. ``batch`` samples per
+    request (cycling through them; a model without a batch dimension takes one, whole); ``labels`` turn on the
+    per-response top-1 check of the model's class scores; ``channels`` gRPC connections share the sends round robin.
+    ``stop()`` ends a run early from another thread.
     """
 
     def __init__(
         self,
         url: str,
         model: str,
-        images: np.ndarray,
+        samples: np.ndarray | dict[str, np.ndarray],
         labels: np.ndarray | None = None,
         batch: int = 1,
         timeout_s: float = 60.0,
         channels: int = 4,
         protocol: str = "grpc",
+        signature: Signature | None = None,
     ):
         if protocol not in ("grpc", "http"):
             raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
+        if signature is None:
+            from tritune.client import InferenceClient
+
+            with InferenceClient(url, protocol, timeout_s=30) as client:
+                signature = client.signature(model)
+        self.signature = signature
+        if not signature.batched:
+            batch = 1
         self.url, self.model, self.batch, self.timeout_s = url, model, batch, timeout_s
-        self.images = np.ascontiguousarray(images, dtype=np.float32)
+        if isinstance(samples, np.ndarray):
+            samples = {signature.inputs[0].name: samples}
+        self.inputs = signature.check_inputs(samples, "the load's samples")
         self.labels = None if labels is None else np.asarray(labels)
+        classifier = signature.classifier_output
+        self.judged = classifier.name if classifier is not None and self.labels is not None else None
+        self._scores_dtype = classifier.dtype.newbyteorder("<") if classifier is not None else None
         self._stop = threading.Event()
-        # One request per distinct window of images, serialized before the clock starts: request i carries
-        # images (i·batch + k) mod n.
-        n = len(self.images)
+        # One request per distinct window of samples, serialized before the clock starts: request i carries
+        # samples (i·batch + k) mod n.
+        n = len(next(iter(self.inputs.values())))
         self.windows = [[(i * batch + k) % n for k in range(batch)] for i in range(n // math.gcd(n, batch))]
         self._transport = _Grpc(self, channels) if protocol == "grpc" else _Http(self)
 
     def stop(self) -> None:
         self._stop.set()
 
-    def _record(self, k: int, scheduled: float, logits: bytes | None, error: str | None = None) -> None:
+    def request_arrays(self, idx: list[int]) -> dict[str, np.ndarray]:
+        """One request's tensors: the window's samples, or one sample whole without a batch dimension."""
+        if self.signature.batched:
+            return {k: np.ascontiguousarray(v[idx]) for k, v in self.inputs.items()}
+        return {k: np.ascontiguousarray(v[idx[0]]) for k, v in self.inputs.items()}
+
+    def _record(self, k: int, scheduled: float, scores: bytes | None, error: str | None = None) -> None:
         latency = (time.perf_counter() - self._start - scheduled) * 1000
         self._answered += 1
         if error is not None:
             self._result.records.append(Record(scheduled, latency, False, error[:200]))
             return
         correct = None
-        if self.labels is not None:
-            predicted = np.frombuffer(logits, "<f4").reshape(-1, NUM_CLASSES).argmax(1)
-            correct = int((predicted == self.labels[self.windows[k]]).sum())
+        if self.judged is not None and scores is not None:
+            window = self.windows[k]
+            classes = predicted(np.frombuffer(scores, self._scores_dtype).reshape(len(window), -1))
+            correct = int((classes == self.labels[window]).sum())
         self._result.records.append(Record(scheduled, latency, True, None, correct, len(self.windows[k])))
 
     def run(self, duration_s: float, rate: RateFn) -> LoadResult:

@@ -50,7 +50,8 @@ class LoadTestOptions:
     run_name: str = ""
     web: bool = False  # Locust's web UI instead of headless (the run starts from the browser)
     web_port: int = 8089
-    dataset: str = "auto"
+    data: Path | None = None  # the samples sent: .npz, image folder or perf_analyzer JSON (checked against the model)
+    dataset: str = "auto"  # without --data, for the seed CNN: its held-out images from this data set
     data_dir: Path = Path("data")
     request_timeout_s: float = 30.0
     extra_locust_args: tuple[str, ...] = field(default_factory=tuple)
@@ -58,8 +59,8 @@ class LoadTestOptions:
     def validate(self) -> None:
         if self.protocol not in USER_CLASSES:
             raise ConfigError(f"--protocol must be one of {', '.join(USER_CLASSES)}, got {self.protocol!r}")
-        if not 1 <= self.batch_size <= 64:
-            raise ConfigError(f"--batch-size must be in 1..64 (the models' max batch), got {self.batch_size}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.workers < 0 or self.open_users < 1:
             raise ConfigError("--workers must be >= 0 and --open-users >= 1")
         if self.wait_ms < 0 or self.request_timeout_s <= 0:
@@ -93,15 +94,43 @@ def new_run_dir(out_dir: Path, prefix: str, name: str = "") -> Path:
 
 
 def write_images(path: Path, dataset: str = "auto", data_dir: Path = Path("data"), limit: int = 1024) -> Path:
-    """The held-out images (never trained on) the users send, with their labels."""
+    """The seed CNN's held-out images (never trained on), with their labels, as ``--data`` takes them."""
     from builders.data import load_dataset
+    from builders.models import INPUT_NAME
 
     data = load_dataset(dataset, data_dir)
-    np.savez(path, x=data.x_test[:limit].astype(np.float32), y=data.y_test[:limit].astype(np.int64))
+    np.savez(path, **{INPUT_NAME: data.x_test[:limit].astype(np.float32), "labels": data.y_test[:limit]})
     return path
 
 
-def locust_command(opts: LoadTestOptions, run_dir: Path, images: Path, role: str = "local", master_port: int = 0):
+def prepare_data(opts: LoadTestOptions, run_dir: Path) -> tuple[Path | None, str]:
+    """What the users send, checked against the model Triton serves before Locust starts: ``--data``; else, for a
+    model with the seed CNN's interface, its held-out images; else random samples of the model's signature."""
+    from builders.models import SEED_SIGNATURE
+    from tritune.client import InferenceClient
+    from tritune.samples import load_samples
+
+    with InferenceClient(opts.http_url, "http", timeout_s=30) as client:
+        config = client.model_config(opts.model)
+        signature = client.signature(opts.model)
+    if signature.batched and opts.batch_size > config.max_batch_size:
+        raise ConfigError(
+            f"--batch-size {opts.batch_size} is over {opts.model}'s max_batch_size {config.max_batch_size}; lower it"
+        )
+    if not signature.batched and opts.batch_size != 1:
+        raise ConfigError(f"{opts.model} has no batch dimension (max_batch_size 0): --batch-size must be 1")
+    if opts.data:
+        samples = load_samples(opts.data, signature, "--data")
+        return Path(opts.data), samples.source
+    if signature == SEED_SIGNATURE:
+        path = write_images(run_dir / "images.npz", opts.dataset, opts.data_dir)
+        return path, f"the seed CNN's held-out images ({opts.dataset})"
+    return None, f"random samples of {signature.describe()} (no --data given)"
+
+
+def locust_command(
+    opts: LoadTestOptions, run_dir: Path, data: Path | None, role: str = "local", master_port: int = 0
+) -> list[str]:
     shape = parse_shape(opts.shape)
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
     common = [
@@ -113,8 +142,7 @@ def locust_command(opts: LoadTestOptions, run_dir: Path, images: Path, role: str
         opts.model,
         "--batch-size",
         str(opts.batch_size),
-        "--images",
-        str(images),
+        *(("--data", str(data)) if data else ()),
         "--wait-ms",
         str(opts.wait_ms),
         "--load-shape",
@@ -192,7 +220,9 @@ def run_locust(
     opts.validate()
     run_dir = run_dir or new_run_dir(opts.out_dir, "loadtest", opts.run_name)
     run_dir.mkdir(parents=True, exist_ok=True)
-    images = write_images(run_dir / "images.npz", opts.dataset, opts.data_dir)
+    images, data_source = prepare_data(opts, run_dir)
+    if progress:
+        progress(f"sending {data_source}")
     shape = parse_shape(opts.shape)
     (run_dir / "loadtest_options.json").write_text(json.dumps(asdict(opts), indent=2, default=str) + "\n")
     procs: list[subprocess.Popen] = []
@@ -243,11 +273,13 @@ def run_locust(
 def answers(summary: dict) -> str:
     """The answers' accuracy in words. ``wrong_answers`` counts misclassified images, not requests: with batch-8
     requests a count of wrong answers beside the count of requests would read as a share of them."""
+    if not summary.get("answers_checked", True):
+        return "answers not checked (the data sent has no labels, or the model gives no class scores)"
     wrong = summary["wrong_answers"]
     images = (summary["requests"] - summary["failures"]) * summary.get("batch_size", 1)
     if not images:
-        return f"{wrong} misclassified images"
-    return f"{wrong:,} of {images:,} answered images misclassified (top-1 {1 - wrong / images:.3f})"
+        return f"{wrong} misclassified samples"
+    return f"{wrong:,} of {images:,} answered samples misclassified (top-1 {1 - wrong / images:.3f})"
 
 
 def read_requests(run_dir: Path) -> list[dict]:

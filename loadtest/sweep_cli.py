@@ -17,10 +17,12 @@ from loadtest.run import new_run_dir
 from loadtest.sweep import SweepGenerator, SweepSpace, run_sweep, write_sweep
 from tritune.apply import Applier
 from tritune.client import InferenceClient, variant_versions
-from tritune.errors import ConfigError
+from tritune.errors import AdminError, ConfigError, RepositoryError
 from tritune.manifest import Manifest
+from tritune.samples import Samples, load_samples, synthesize
 from tritune.server import ServerOptions, TritonServer, admin_key
 from tritune.settings import options_from_args
+from tritune.signature import Signature
 
 
 def _ints(text: str, name: str) -> tuple[int, ...]:
@@ -73,6 +75,7 @@ class SweepOptions:
     preferred_batch_sizes: str = "none"
     concurrency: str = "1,4,16"
     batch_size: int = 1
+    data: Path | None = None  # the samples sent (default: the seed's held-out images, or random for another model)
     window_s: float = 2.0
     stable_windows: int = 3
     tolerance: float = 0.10
@@ -103,7 +106,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--preferred-batch-sizes", default=d.preferred_batch_sizes, help="e.g. none,4/8,16 (default: %(default)s)"
     )
     g.add_argument("--concurrency", default=d.concurrency, help="client concurrency levels (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="images per request (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per request (default: %(default)s)")
+    g.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="samples to send: .npz, image folder or perf_analyzer JSON (default: the seed CNN's held-out images, "
+        "or random samples of the model's signature)",
+    )
     g = p.add_argument_group("measurement")
     g.add_argument("--window-s", type=float, default=d.window_s, help="(default: %(default)s)")
     g.add_argument(
@@ -140,12 +150,31 @@ def space_from_args(args: SweepOptions, available: dict[str, float]) -> SweepSpa
     )
 
 
+def sweep_samples(args: SweepOptions, manifest: Manifest | None, signature: Signature) -> Samples:
+    """``--data``; else the seed CNN's held-out images for a model with its interface; else random samples."""
+    from builders.models import SEED_SIGNATURE
+
+    if args.data:
+        return load_samples(args.data, signature, "--data")
+    if signature == SEED_SIGNATURE and manifest is not None:
+        from builders.data import load_dataset
+
+        ds_name = manifest.dataset.get("name", "auto")
+        data = load_dataset(ds_name if ds_name in ("cifar10", "fashion-mnist", "digits") else "auto", manifest.data_dir)
+        x = data.x_test.astype(np.float32)
+        return Samples({signature.inputs[0].name: x}, data.y_test, f"{data.name} held-out images")
+    return synthesize(signature, 256)
+
+
 def sweep(args: SweepOptions, run_dir: Path, should_stop=None, progress=print) -> dict:
     """The sweep against ``args.url`` or a private Triton; writes ``sweep.json`` into ``run_dir``."""
     rule = StabilityRule(args.window_s, args.stable_windows, args.tolerance, args.max_windows)
     if rule.window_s <= 0 or rule.stable_windows < 1 or rule.max_windows < rule.stable_windows:
         raise ConfigError("--window-s must be > 0 and --max-windows >= --stable-windows >= 1")
-    manifest = Manifest.read(args.repository)
+    try:
+        manifest: Manifest | None = Manifest.read(args.repository)
+    except RepositoryError:
+        manifest = None  # a model tritune did not build: its served variant only
     server = None
     url = args.url
     key = admin_key(args.admin_key_file)
@@ -159,8 +188,16 @@ def sweep(args: SweepOptions, run_dir: Path, should_stop=None, progress=print) -
     try:
         client = InferenceClient(url, "grpc", timeout_s=120, admin_key=key)
         config = client.model_config(args.model)
-        versions = variant_versions(config)
+        signature = client.signature(args.model)
+        try:
+            versions = variant_versions(config) if manifest is not None else {}
+        except AdminError:
+            versions = {}
         available = {v: float(manifest.variants[v].top1) for v in versions if v in manifest.variants}
+        if not available:
+            # No ladder to sweep: the served variant, whose accuracy nothing measured (no floor can exclude it).
+            available = {config.parameters.get("variant", ""): float("inf")}
+            progress(f"sweep: no manifest lists {args.model}'s variants; sweeping batching and instances only")
         space = space_from_args(args, available)
         applier = Applier(client, args.model)
         baseline = applier.current()[1]
@@ -169,17 +206,15 @@ def sweep(args: SweepOptions, run_dir: Path, should_stop=None, progress=print) -
             f"sweep: up to {space.size} points (+ baseline) on {url}, SLO p99 ≤ {args.slo_p99_ms:g} ms; "
             f"baseline first: {baseline.describe()}"
         )
-        from builders.data import load_dataset
-
-        ds_name = manifest.dataset.get("name", "auto")
-        data = load_dataset(ds_name if ds_name in ("cifar10", "digits") else "auto", manifest.data_dir)
+        samples = sweep_samples(args, manifest, signature)
+        progress(f"sweep: sending {samples.source}")
         result = run_sweep(
             gen,
             applier,
             url,
             args.model,
-            data.x_test.astype(np.float32),
-            data.y_test,
+            samples.inputs,
+            samples.labels,
             args.batch_size,
             rule,
             progress=progress,

@@ -12,13 +12,22 @@ from orchestrator.capacity import CapacityEstimator, sweep_capacity
 from orchestrator.fleet import DnsReplicas, Fleet, FrontDoorLatency, StaticReplicas
 from orchestrator.loop import LoopOptions, Orchestrator, scrape
 from orchestrator.nvml import guard_inputs, read_gpus
-from orchestrator.policy import Context, ControllerConfig, GuardConfig, Objective, variants_from_manifest
+from orchestrator.policy import (
+    Context,
+    ControllerConfig,
+    GuardConfig,
+    Objective,
+    VariantInfo,
+    unmeasured,
+    variants_from_manifest,
+)
 from tritune.apply import Applier
 from tritune.client import InferenceClient, variant_versions
-from tritune.errors import ConfigError, ServerUnavailableError, TrituneError
+from tritune.errors import AdminError, ConfigError, RepositoryError, ServerUnavailableError, TrituneError
 from tritune.fleet import FleetFile, parse_replica
 from tritune.frontdoor import LATENCY_LABELS, LATENCY_METRIC
 from tritune.manifest import Manifest
+from tritune.model_config import ModelConfig
 from tritune.server import admin_key
 from tritune.settings import options_from_args
 
@@ -185,30 +194,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cooldown-s", type=float, default=d.cooldown_s, help="(default: %(default)s)")
 
 
-def context_from_manifest(
-    repository: Path,
-    public_versions: dict[str, int],
-    objective: Objective,
-    cores: int,
-    max_instances: int,
-    max_batch_size: int,
-    kind: str = "cpu",
-    gpu_memory_per_instance_bytes: float = 0.0,
-    headroom: bool = _CONTEXT_DEFAULTS["headroom"],
-) -> Context:
-    variants = variants_from_manifest(Manifest.read(repository), set(public_versions))
+def ladder_variants(repository: Path, model: str, config: ModelConfig) -> tuple[dict[str, VariantInfo], str | None]:
+    """The variant ladder from the manifest, or the one served variant, unmeasured, and why the ladder is off.
+
+    A model tritune did not build has no manifest and no version per variant: batching and instances still apply
+    to it, and the policy never switches what it serves or judges it against the accuracy floor.
+    """
+    served = config.parameters.get("variant", "")
+    off = unmeasured(served, model)
+    try:
+        versions = variant_versions(config)
+    except AdminError:
+        return off, f"{model} was not built by tritune (no variant versions in its config)"
+    try:
+        manifest = Manifest.read(repository)
+    except RepositoryError as exc:
+        return off, str(exc)
+    variants = variants_from_manifest(manifest, set(versions))
     if not variants:
-        raise ConfigError(f"the manifest in {repository} lists none of the public model's variants; rebuild")
-    return Context(
-        objective=objective,
-        variants=variants,
-        cores=cores,
-        kind=kind,
-        max_instances=max_instances,
-        max_batch_size=max_batch_size,
-        gpu_memory_per_instance_bytes=gpu_memory_per_instance_bytes,
-        headroom=headroom,
-    )
+        return off, f"the manifest in {repository} lists none of {model}'s variants ({', '.join(versions)})"
+    return variants, None
 
 
 def validate(args: OrchestrateOptions) -> None:
@@ -303,14 +308,25 @@ def build(args: OrchestrateOptions) -> Orchestrator:
     topo = topology(args, key)
     client = topo.client
     config = client.model_config(args.model)
-    ctx = context_from_manifest(
-        args.repository,
-        variant_versions(config),
-        objective,
-        topo.cores,
-        args.max_instances,
-        config.max_batch_size,
+    variants, ladder_off = ladder_variants(args.repository, args.model, config)
+    if ladder_off:
+        print(
+            f"variant ladder off: {ladder_off}; tuning batching and instances only, and --accuracy-floor cannot be "
+            "judged (measure variants into a manifest with `tritune measure` to turn the ladder on)",
+            flush=True,
+        )
+    if config.max_batch_size == 0:
+        print(
+            f"batching off: {args.model} has no batch dimension (max_batch_size 0); tuning instances only",
+            flush=True,
+        )
+    ctx = Context(
+        objective=objective,
+        variants=variants,
+        cores=topo.cores,
         kind=args.kind,
+        max_instances=args.max_instances,
+        max_batch_size=config.max_batch_size,
         gpu_memory_per_instance_bytes=gpu_memory_per_instance_bytes(args, config.instance_count),
         headroom=args.headroom,
     )

@@ -120,7 +120,7 @@ class OrchestratorMetrics:
         self.delay.set(c.max_queue_delay_us)
         for name in ctx.variants:
             self.variant.labels(variant=name).set(1 if name == c.variant else 0)
-        if c.variant in ctx.variants:
+        if c.variant in ctx.variants and ctx.variants[c.variant].measured:
             self.accuracy.set(ctx.variants[c.variant].top1)
 
 

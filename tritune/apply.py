@@ -32,7 +32,7 @@ def serving_config(config: ModelConfig) -> ServingConfig:
 
 def model_config(base: ModelConfig, target: ServingConfig, max_queue_size: int = 0) -> ModelConfig:
     """``base`` (what Triton serves now) with the target's knobs; everything else is kept."""
-    cfg = base if target.variant == base.parameters.get("variant") else with_variant(base, target.variant)
+    cfg = base if target.variant == base.parameters.get("variant", "") else with_variant(base, target.variant)
     cfg = cfg.with_instances(target.instances).with_parameters(
         intra_op_num_threads=str(target.threads) if target.threads else "auto"
     )

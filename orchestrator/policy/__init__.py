@@ -47,6 +47,7 @@ from orchestrator.policy.types import (
     Rule,
     VariantInfo,
     Verdict,
+    unmeasured,
     variants_from_manifest,
 )
 from tritune.serving import ServingConfig
@@ -89,6 +90,7 @@ __all__ = [
     "pressure",
     "slo_met",
     "step",
+    "unmeasured",
     "usable_cores",
     "utilization",
     "variants_from_manifest",

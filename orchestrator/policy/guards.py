@@ -82,11 +82,14 @@ def clamp(target: ServingConfig, current: ServingConfig, w: Window, ctx: Context
         delay = int(current.max_queue_delay_us * g.max_delay_factor)
     variant = target.variant if ctx.allows(target.variant) else current.variant  # the floor is a hard limit
     sizes = tuple(b for b in target.preferred_batch_sizes if b <= ctx.max_batch_size)
+    # A model without a batch dimension (max_batch_size 0) cannot batch: Triton refuses dynamic batching for it.
+    batching = target.dynamic_batching and ctx.max_batch_size > 0
     return replace(
         target,
         instances=instances,
         threads=threads,
-        max_queue_delay_us=delay,
+        max_queue_delay_us=delay if batching else 0,
         variant=variant,
-        preferred_batch_sizes=sizes,
+        preferred_batch_sizes=sizes if batching else (),
+        dynamic_batching=batching,
     )

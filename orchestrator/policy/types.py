@@ -81,6 +81,13 @@ class VariantInfo:
     top1: float
     latency_ms_b32: float  # in-process ORT latency at batch 32: the relative cost of the variant
     correct: str | None = None  # per-image correctness on the held-out images (tritune.compare.pack), if built
+    # False for the one model served without a manifest: its accuracy is unknown, so no floor can judge it and the
+    # ladder is off (the policy tunes batching and instances only).
+    measured: bool = True
+
+    @property
+    def meets(self) -> float:
+        return self.top1 if self.measured else float("inf")
 
     def not_worse_than(self, other: VariantInfo) -> bool:
         """At least as accurate: not significantly worse in the paired test (tritune/compare.py); on the point
@@ -91,6 +98,11 @@ class VariantInfo:
         mine = unpack(self.correct) if self.correct else None
         theirs = unpack(other.correct) if other.correct else None
         return compare(mine, theirs, self.top1, other.top1)
+
+
+def unmeasured(variant: str, model_name: str) -> dict[str, VariantInfo]:
+    """The policy's view of a model served without a manifest: one variant, accuracy unknown, no ladder."""
+    return {variant: VariantInfo(variant, model_name, 0.0, 1.0, measured=False)}
 
 
 def variants_from_manifest(manifest: Manifest, names: set[str] | dict | None = None) -> dict[str, VariantInfo]:
@@ -141,7 +153,7 @@ class Context:
     def __post_init__(self) -> None:
         if self.cores < 1:
             raise ConfigError(f"--cores must be at least 1, got {self.cores}")
-        allowed = [v for v in self.variants.values() if v.top1 >= self.objective.accuracy_floor]
+        allowed = [v for v in self.variants.values() if v.meets >= self.objective.accuracy_floor]
         if not allowed:
             best = max((v.top1 for v in self.variants.values()), default=0.0)
             raise ConfigError(
@@ -160,7 +172,7 @@ class Context:
 
     def allowed_variants(self) -> list[VariantInfo]:
         """Variants at or above the floor, fastest first."""
-        ok = [v for v in self.variants.values() if v.top1 >= self.objective.accuracy_floor]
+        ok = [v for v in self.variants.values() if v.meets >= self.objective.accuracy_floor]
         return sorted(ok, key=lambda v: (v.latency_ms_b32, -v.top1))
 
     def most_accurate(self) -> VariantInfo:
@@ -169,7 +181,7 @@ class Context:
     def allows(self, variant: str) -> bool:
         """Known and at or above the accuracy floor."""
         info = self.variants.get(variant)
-        return info is not None and info.top1 >= self.objective.accuracy_floor
+        return info is not None and info.meets >= self.objective.accuracy_floor
 
     def cost(self, variant: str) -> float:
         info = self.variants.get(variant)

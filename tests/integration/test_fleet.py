@@ -19,6 +19,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from builders.models import INPUT_DATATYPE, INPUT_NAME, INPUT_SHAPE
 from loadtest.openloop import OpenLoopLoad, constant
 from orchestrator.cli import OrchestrateOptions, build
 from orchestrator.fleet import Fleet, FrontDoorLatency, StaticReplicas
@@ -31,7 +32,6 @@ from tritune.client import InferenceClient
 from tritune.errors import AdminError, ServerUnavailableError
 from tritune.fleet import FleetFile, FrontDoorEndpoints, ReplicaEndpoints
 from tritune.frontdoor import CADDY_BUCKETS_S, FrontDoor, FrontDoorSettings, Upstream
-from tritune.model_io import INPUT_DATATYPE, INPUT_NAME, INPUT_SHAPE
 from tritune.serving import ServingConfig
 
 MODEL = "cnn"

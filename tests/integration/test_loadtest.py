@@ -15,6 +15,7 @@ from loadtest.run import LoadTestOptions, read_requests, run_locust
 from loadtest.sweep_cli import add_arguments, sweep
 from tests.integration.conftest import ADMIN_KEY
 from tritune.client import InferenceClient
+from tritune.errors import ModelNotFoundError
 
 
 def options(server, tmp_path, **kw) -> LoadTestOptions:
@@ -74,11 +75,18 @@ def test_distributed_master_and_workers(server, tmp_path):
 
 
 def test_errors_are_counted_and_fail_the_run(server, tmp_path):
-    result = run_locust(options(server, tmp_path, protocol="http", model="no_such_model"))
+    # A deadline no request meets: every one fails on the client's side, and Locust's exit code says so. Paced, so
+    # that the requests the server still runs after their clients gave up leave no backlog for the next test.
+    opts = options(server, tmp_path, protocol="http", batch_size=32, request_timeout_s=0.0005, wait_ms=200)
+    result = run_locust(opts)
     assert result.exit_code == 1
     assert result.summary["failures"] == result.summary["requests"] > 0
-    failures = (result.run_dir / "locust_failures.csv").read_text()
-    assert "no_such_model" in failures
+    assert (result.run_dir / "locust_failures.csv").read_text().count("\n") > 1
+
+
+def test_an_unknown_model_is_one_clear_error_before_any_load(server, tmp_path):
+    with pytest.raises(ModelNotFoundError, match="no_such_model"):
+        run_locust(options(server, tmp_path, protocol="http", model="no_such_model"))
 
 
 def test_loadtest_cli_rejects_a_bad_shape_in_one_line(tmp_path):

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from builders.models import SEED_SIGNATURE as SEED
 from loadtest.openloop import OpenLoopLoad, constant
+from tritune.errors import ModelNotFoundError
 
 
 def url_of(server, protocol: str) -> str:
@@ -35,16 +37,22 @@ def test_answers_are_checked_and_the_schedule_kept(server, held_out, protocol, b
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_an_unknown_model_fails_each_request_with_the_servers_reason(server, held_out, protocol):
-    result = OpenLoopLoad(url_of(server, protocol), "no_such_model", held_out[0], protocol=protocol).run(
-        0.5, constant(10)
-    )
+    # Given the signature, the generator asks the server nothing before its clock starts: each request fails alone.
+    load = OpenLoopLoad(url_of(server, protocol), "no_such_model", held_out[0], protocol=protocol, signature=SEED)
+    result = load.run(0.5, constant(10))
     assert len(result.failures) == len(result.records) == 5
     assert all("no_such_model" in r.error for r in result.failures)
 
 
 def test_no_server_is_a_failure_per_request_not_a_crash(held_out):
-    result = OpenLoopLoad("127.0.0.1:9", "cnn", held_out[0], protocol="http", timeout_s=2).run(0.5, constant(10))
+    load = OpenLoopLoad("127.0.0.1:9", "cnn", held_out[0], protocol="http", timeout_s=2, signature=SEED)
+    result = load.run(0.5, constant(10))
     assert len(result.failures) == 5 and "cannot connect" in result.failures[0].error
+
+
+def test_without_a_signature_an_unknown_model_is_one_clear_error(server, held_out):
+    with pytest.raises(ModelNotFoundError, match="no_such_model"):
+        OpenLoopLoad(server.grpc_url, "no_such_model", held_out[0])
 
 
 def test_a_request_past_its_deadline_is_failed(server, held_out):

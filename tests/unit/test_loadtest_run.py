@@ -70,6 +70,11 @@ def test_a_locust_that_died_says_where_to_look(tmp_path):
 def test_wrong_answers_are_reported_as_a_share_of_the_answered_images_not_of_the_requests():
     # batch-8 requests: 100 answered, 40 images wrong of 800 (a count beside "requests" would read as 40%)
     summary = {"requests": 102, "failures": 2, "wrong_answers": 40, "batch_size": 8}
-    assert answers(summary) == "40 of 800 answered images misclassified (top-1 0.950)"
-    assert answers({"requests": 0, "failures": 0, "wrong_answers": 0}) == "0 misclassified images"
-    assert "of 10 answered images" in answers({"requests": 10, "failures": 0, "wrong_answers": 1})  # batch 1
+    assert answers(summary) == "40 of 800 answered samples misclassified (top-1 0.950)"
+    assert answers({"requests": 0, "failures": 0, "wrong_answers": 0}) == "0 misclassified samples"
+    assert "of 10 answered samples" in answers({"requests": 10, "failures": 0, "wrong_answers": 1})  # batch 1
+
+
+def test_answers_without_labels_are_not_called_right():
+    summary = {"requests": 10, "failures": 0, "wrong_answers": 0, "answers_checked": False}
+    assert answers(summary).startswith("answers not checked")

@@ -686,3 +686,24 @@ def test_after_an_action_the_front_door_p99_still_counts_and_triton_s_is_set_asi
     over = lambda t, **kw: batch8_through_the_door(t, e2e_p99=80.0, **kw)  # noqa: E731
     decisions = sim.run(8, over)  # within SUMMARY_WINDOW_S of the action
     assert any("p99 80.0 ms > SLO 50 ms" in d.reason for d in decisions), [d.reason for d in decisions]
+
+
+def test_a_model_without_a_manifest_keeps_its_variant_and_any_floor_and_still_scales():
+    """A model tritune did not build: one unmeasured variant, no ladder; batching and instances still tuned."""
+    from orchestrator.policy import unmeasured
+
+    foreign = Context(objective=Objective(SLO, 0.99), variants=unmeasured("", "their_model"), cores=2, headroom=False)
+    assert foreign.allows("") and foreign.most_accurate().name == ""
+    sim = Sim(foreign, ServingConfig(""))
+    sim.run(160, overloaded)
+    rules = [r for _, a, r in sim.log if a == "apply"]
+    assert rules[:2] == ["enable-dynamic-batching", "add-instance"]
+    assert {c.variant for c in sim.configs} == {""}  # never switched, never "enforced" a floor it cannot judge
+
+
+def test_a_model_without_a_batch_dimension_gets_instances_only():
+    unbatched = Sim(ctx(max_batch_size=0))
+    unbatched.run(160, overloaded)
+    assert unbatched.configs, "an overload must still be acted on"
+    assert not any(c.dynamic_batching or c.max_queue_delay_us or c.preferred_batch_sizes for c in unbatched.configs)
+    assert max(c.instances for c in unbatched.configs) > 1

@@ -1,0 +1,1 @@
+../../textcls/1/model.py
