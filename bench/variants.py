@@ -90,6 +90,7 @@ def byo(args, build_args: list[str]) -> int:
             manifest.accuracy["metric"]: round(v.top1, 4),
             "ci95": v.top1_ci95,
             "delta_points_vs_fp32": v.top1_delta_vs_fp32_points,
+            "error_vs_fp32": v.error_vs_fp32,
             "file_bytes": v.file_bytes,
             "parameters": v.parameters,
             "throughput_samples_per_s": tput,
