@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from tritune.errors import BuildError, ExportError, ModelInputError
-from tritune.signature import Signature, Tensor
+from tritune.signature import Signature
 
 # Largest batch the exported graph is declared for; the served max_batch_size must not exceed it.
 MAX_EXPORT_BATCH = 1024
@@ -149,14 +149,7 @@ def session_signature(sess: ort.InferenceSession) -> Signature:
             out.append((v.name, _ORT_TYPES[v.type], [d if isinstance(d, int) and d > 0 else -1 for d in v.shape]))
         return out
 
-    ins, outs = read(sess.get_inputs()), read(sess.get_outputs())
-    batched = all(len(d) >= 1 and d[0] < 0 for _, _, d in (*ins, *outs))
-    cut = 1 if batched else 0
-    return Signature(
-        tuple(Tensor(n, t, tuple(d[cut:])) for n, t, d in ins),
-        tuple(Tensor(n, t, tuple(d[cut:])) for n, t, d in outs),
-        batched,
-    )
+    return Signature.from_full_shapes(read(sess.get_inputs()), read(sess.get_outputs()))
 
 
 def run_all(

@@ -175,12 +175,19 @@ class Signature:
                 out.append((v.name, _ONNX_ELEM[elem], dims))
             return out
 
-        ins, outs = read(graph.input), read(graph.output)
-        batched = all(len(d) >= 1 and d[0] < 0 for _, _, d in (*ins, *outs))
+        return cls.from_full_shapes(read(graph.input), read(graph.output))
+
+    @classmethod
+    def from_full_shapes(
+        cls, inputs: list[tuple[str, str, list[int]]], outputs: list[tuple[str, str, list[int]]]
+    ) -> Signature:
+        """From (name, datatype, full shape) of every tensor, as a graph declares them: the model batches when the
+        first dimension of every input and output is dynamic, and the per-sample shapes drop it then."""
+        batched = all(len(d) >= 1 and d[0] < 0 for _, _, d in (*inputs, *outputs))
         cut = 1 if batched else 0
         return cls(
-            tuple(Tensor(n, t, tuple(d[cut:])) for n, t, d in ins),
-            tuple(Tensor(n, t, tuple(d[cut:])) for n, t, d in outs),
+            tuple(Tensor(n, t, tuple(d[cut:])) for n, t, d in inputs),
+            tuple(Tensor(n, t, tuple(d[cut:])) for n, t, d in outputs),
             batched,
         )
 

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper
 
 from builders import onnx_utils as ox
@@ -107,42 +106,12 @@ def locust(server, tmp_path: Path, model: str, data: Path, protocol: str) -> dic
 # -- (b) an ONNX file from another tool --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def bert_onnx(tmp_path_factory) -> Path:
-    """transformers' BERT (random weights, seeded) exported by torch.onnx with a dynamic batch and sequence."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=1000,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=128,
-        num_labels=4,
-    )
-    bert = BertForSequenceClassification(config).eval()
-
-    class Logits(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask).logits
-
+    """transformers' BERT (random weights, seeded) exported by torch.onnx with a dynamic batch and sequence, by the
+    script that writes the benchmark's example."""
     path = tmp_path_factory.mktemp("bert") / "bert.onnx"
-    batch, seq = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("seq", min=2, max=128)
-    example = (torch.randint(0, 1000, (2, 16)), torch.ones(2, 16, dtype=torch.int64))
-    program = torch.onnx.export(
-        Logits().eval(),
-        example,
-        input_names=["input_ids", "attention_mask"],
-        output_names=["logits"],
-        dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}),
-        dynamo=True,
-        external_data=False,
-    )
-    program.save(str(path), external_data=False)
+    cmd = [sys.executable, str(ROOT / "bench" / "export_examples.py"), "--bert", str(path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
     return path
 
 
