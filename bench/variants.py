@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from builders import onnx_utils as ox
-from builders.data import load_dataset
+from builders.data import DATASETS, load_dataset
 from builders.models import INPUT_NAME, OUTPUT_NAME
 from builders.train import top1
 from tritune.compare import ladder, ordered, unpack
@@ -153,7 +153,7 @@ def main() -> int:
         build(BuildOptions(repository=args.repository), log=lambda m: print(m, file=sys.stderr))
     manifest = Manifest.read(args.repository)
     ds = manifest.dataset
-    data = load_dataset(ds["name"] if ds["name"] in ("cifar10", "digits") else "auto", manifest.data_dir)
+    data = load_dataset(ds["name"] if ds["name"] in DATASETS else "auto", manifest.data_dir)
     variants = manifest.variants
     sessions = {
         name: ox.session(args.repository / v.model_name / "1" / "model.onnx", args.threads)

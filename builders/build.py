@@ -21,7 +21,7 @@ import onnxruntime
 import torch
 
 from builders import onnx_utils as ox
-from builders.data import load_dataset
+from builders.data import DEFAULT_TRAIN_IMAGES, load_dataset
 from builders.models import (
     INPUT_DATATYPE,
     INPUT_NAME,
@@ -72,7 +72,7 @@ class BuildOptions:
     dataset: str = "auto"
     data_dir: Path = Path("data")
     download: bool = False
-    subset: int = 0
+    subset: int | None = None  # training images: None, the data set's default (DEFAULT_TRAIN_IMAGES); 0, all
     epochs: int = 12
     finetune_epochs: int = 8
     distill_epochs: int = 12
@@ -131,7 +131,7 @@ class BuildOptions:
                 raise BuildError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.prune_ratio < 1:
             raise BuildError(f"prune ratio must be in (0, 1), got {self.prune_ratio}")
-        if self.subset < 0:
+        if self.subset is not None and self.subset < 0:
             raise BuildError(f"subset must be 0 (all) or positive, got {self.subset}")
 
 
@@ -220,7 +220,11 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> Manifest:
         torch.set_num_threads(opts.threads)
     torch.manual_seed(opts.seed)
 
-    data = load_dataset(opts.dataset, opts.data_dir, opts.download, opts.seed).subset(opts.subset, opts.seed)
+    data = load_dataset(opts.dataset, opts.data_dir, opts.download, opts.seed)
+    subset = opts.subset if opts.subset is not None else DEFAULT_TRAIN_IMAGES.get(data.name, 0)
+    if opts.subset is None and subset:
+        data.notes.append(f"the default training subset for {data.name} on a CPU (--subset 0 trains on all)")
+    data = data.subset(subset, opts.seed)
     log(f"dataset: {data.name} — {data.source}; {len(data.x_train)} training, {len(data.x_test)} held-out images")
     mean, std = data.channel_stats()
     cache = CheckpointCache(opts.cache_dir)

@@ -116,7 +116,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--dataset",
         default=d.dataset,
         choices=DATASETS,
-        help="auto: CIFAR-10 if a local copy exists, else scikit-learn's bundled digits (default: %(default)s)",
+        help="auto: CIFAR-10 if a local copy exists, else Fashion-MNIST if installed, else scikit-learn's bundled "
+        "digits (default: %(default)s)",
     )
     g.add_argument(
         "--data-dir",
@@ -126,7 +127,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--download", action="store_true", help="download CIFAR-10 if missing (needs the internet)")
     g.add_argument(
-        "--subset", type=int, default=d.subset, help="train on only N images, for quick builds (default: all)"
+        "--subset",
+        type=int,
+        default=d.subset,
+        help="train on N images (default: 2,000 of Fashion-MNIST's 60,000, all of the others; 0: all)",
     )
     g = p.add_argument_group("training")
     g.add_argument(

@@ -213,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
                 shape=shape,
                 open_loop=True,
                 workers=args.workers,
+                repository=repository,
             ),
             run_dir=run_dir,
             progress=progress,

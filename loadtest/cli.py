@@ -73,6 +73,7 @@ def options_from_args(args: argparse.Namespace) -> LoadTestOptions:
         web_port=args.web_port,
         data=args.data,
         dataset=args.dataset,
+        repository=args.repository,
         data_dir=args.data_dir,
         request_timeout_s=args.request_timeout_s,
     )

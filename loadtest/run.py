@@ -51,7 +51,8 @@ class LoadTestOptions:
     web: bool = False  # Locust's web UI instead of headless (the run starts from the browser)
     web_port: int = 8089
     data: Path | None = None  # the samples sent: .npz, image folder or perf_analyzer JSON (checked against the model)
-    dataset: str = "auto"  # without --data, for the seed CNN: its held-out images from this data set
+    dataset: str = "auto"  # without --data, for the seed CNN: its held-out images (auto: the manifest's data set)
+    repository: Path = Path("model_repository")  # whose manifest names the data set the seed CNN was built on
     data_dir: Path = Path("data")
     request_timeout_s: float = 30.0
     extra_locust_args: tuple[str, ...] = field(default_factory=tuple)
@@ -103,6 +104,19 @@ def write_images(path: Path, dataset: str = "auto", data_dir: Path = Path("data"
     return path
 
 
+def built_on(repository: Path) -> str:
+    """The data set the repository's seed CNN was built on (its manifest's), else ``auto``."""
+    from builders.data import DATASETS
+    from tritune.errors import RepositoryError
+    from tritune.manifest import Manifest
+
+    try:
+        name = Manifest.read(repository).dataset.get("name", "auto")
+    except RepositoryError:
+        return "auto"
+    return name if name in DATASETS else "auto"
+
+
 def prepare_data(opts: LoadTestOptions, run_dir: Path) -> tuple[Path | None, str]:
     """What the users send, checked against the model Triton serves before Locust starts: ``--data``; else, for a
     model with the seed CNN's interface, its held-out images; else random samples of the model's signature."""
@@ -123,8 +137,9 @@ def prepare_data(opts: LoadTestOptions, run_dir: Path) -> tuple[Path | None, str
         samples = load_samples(opts.data, signature, "--data")
         return Path(opts.data), samples.source
     if signature == SEED_SIGNATURE:
-        path = write_images(run_dir / "images.npz", opts.dataset, opts.data_dir)
-        return path, f"the seed CNN's held-out images ({opts.dataset})"
+        dataset = opts.dataset if opts.dataset != "auto" else built_on(opts.repository)
+        path = write_images(run_dir / "images.npz", dataset, opts.data_dir)
+        return path, f"the seed CNN's held-out images ({dataset})"
     return None, f"random samples of {signature.describe()} (no --data given)"
 
 

@@ -157,10 +157,10 @@ def sweep_samples(args: SweepOptions, manifest: Manifest | None, signature: Sign
     if args.data:
         return load_samples(args.data, signature, "--data")
     if signature == SEED_SIGNATURE and manifest is not None:
-        from builders.data import load_dataset
+        from builders.data import DATASETS, load_dataset
 
         ds_name = manifest.dataset.get("name", "auto")
-        data = load_dataset(ds_name if ds_name in ("cifar10", "fashion-mnist", "digits") else "auto", manifest.data_dir)
+        data = load_dataset(ds_name if ds_name in DATASETS else "auto", manifest.data_dir)
         x = data.x_test.astype(np.float32)
         return Samples({signature.inputs[0].name: x}, data.y_test, f"{data.name} held-out images")
     return synthesize(signature, 256)
