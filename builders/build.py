@@ -69,6 +69,7 @@ class BuildOptions:
     variants: tuple[str, ...] = VARIANTS
     target: str = "cpu"
     compiler: str | None = None  # gpu target only: "tensorrt" (its default) or "torch-tensorrt"
+    trt_profile: str | None = None  # gpu target: optimization profiles of dynamic dims, NAME=MIN/OPT/MAX;…
     dataset: str = "auto"
     data_dir: Path = Path("data")
     download: bool = False
@@ -214,7 +215,7 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> Manifest:
         from builders.torch_import import build_from_torch
 
         return build_from_torch(opts, log)
-    target = get_target(opts.target, opts.compiler, opts.cache_dir)
+    target = get_target(opts.target, opts.compiler, opts.cache_dir, opts.trt_profile)
     started = time.perf_counter()
     if opts.threads:
         torch.set_num_threads(opts.threads)

@@ -35,6 +35,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="gpu target: tensorrt (ONNX parser; the default) or torch-tensorrt (from the PyTorch module; fp32/fp16)",
     )
     g.add_argument(
+        "--trt-profile",
+        default=None,
+        metavar="NAME=MIN/OPT/MAX;…",
+        help="gpu target: per-sample min/opt/max shapes of an input's dynamic dims, e.g. input_ids=1/128/512 "
+        "(default: from the model's signature; dynamic dims 1/16/256)",
+    )
+    g.add_argument(
         "--max-batch-size", type=int, default=d.max_batch_size, help="Triton max_batch_size (default: %(default)s)"
     )
     g.add_argument(

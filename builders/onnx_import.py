@@ -81,11 +81,12 @@ def requested_variants(opts, possible: tuple[str, ...], source: str) -> tuple[st
 def check_target(opts, flag: str) -> None:
     if not 1 <= opts.max_batch_size <= ox.MAX_EXPORT_BATCH:
         raise ConfigError(f"--max-batch-size must be in 1..{ox.MAX_EXPORT_BATCH}, got {opts.max_batch_size}")
-    if opts.target != "cpu":
+    if opts.target == "gpu" and opts.compiler == "torch-tensorrt":
         raise ConfigError(
-            f"{flag} builds for --target cpu only so far: the TensorRT target still takes the seed CNN's interface "
-            "(docs/models.md); build on the CPU target or bring the seed model"
+            f"{flag} builds TensorRT plans with the ONNX parser: leave out --compiler torch-tensorrt (it compiles "
+            "the seed CNN's PyTorch modules)"
         )
+    get_target(opts.target, opts.compiler, opts.cache_dir, opts.trt_profile)  # a missing toolchain fails first
 
 
 def evaluation_data(opts, signature: Signature, log) -> Samples:
@@ -138,7 +139,11 @@ def build_imported(
     signature, proto = imported.signature, imported.proto
     public_model, prefix = model_names(opts, imported.name)
     public_variant = opts.public_variant if opts.public_variant in variants else "fp32"
-    target = get_target(opts.target, opts.compiler, opts.cache_dir)
+    target = get_target(opts.target, opts.compiler, opts.cache_dir, opts.trt_profile)
+    if opts.target == "gpu":  # the optimization profiles must fit the model before anything is converted
+        from builders.targets.tensorrt import BatchProfile, parse_profiles, shape_profiles
+
+        shape_profiles(signature, BatchProfile.for_max(opts.max_batch_size), parse_profiles(opts.trt_profile))
     calibration = _calibration_set(opts, signature, data, variants, log)
 
     with (

@@ -17,8 +17,11 @@ from tritune.errors import BuildError
 TARGETS: dict[str, type[Target]] = {"cpu": CpuTarget, "gpu": TensorRTTarget}
 
 
-def get_target(name: str, compiler: str | None = None, cache_dir: Path | None = None) -> Target:
-    """The target, checked to be usable here. ``compiler`` (and ``cache_dir``) apply to targets with ``compilers``."""
+def get_target(
+    name: str, compiler: str | None = None, cache_dir: Path | None = None, profiles: str | None = None
+) -> Target:
+    """The target, checked to be usable here. ``compiler``, ``cache_dir`` and ``profiles`` (TensorRT optimization
+    profiles, ``--trt-profile``) apply to targets with ``compilers``."""
     try:
         cls = TARGETS[name]
     except KeyError:
@@ -27,7 +30,9 @@ def get_target(name: str, compiler: str | None = None, cache_dir: Path | None = 
     if compiler and compiler not in compilers:
         choice = f"choose from {', '.join(compilers)}" if compilers else "leave --compiler out"
         raise BuildError(f"--compiler {compiler} does not apply to --target {name}; {choice}")
-    target = cls(compiler=compiler or compilers[0], cache_dir=cache_dir) if compilers else cls()
+    if profiles and not compilers:
+        raise BuildError(f"--trt-profile applies to --target gpu, not {name}; leave it out")
+    target = cls(compiler=compiler or compilers[0], cache_dir=cache_dir, profiles=profiles) if compilers else cls()
     target.check_available()
     return target
 

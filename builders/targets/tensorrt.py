@@ -50,6 +50,7 @@ from tritune.errors import (
     TrituneError,
 )
 from tritune.model_config import DynamicBatching, InstanceGroup, ModelConfig, QueuePolicy, TensorSpec, VersionPolicy
+from tritune.signature import Signature
 
 COMPILERS = ("tensorrt", "torch-tensorrt")
 PLAN_FILE = "model.plan"  # Triton's default file name for tensorrt_plan
@@ -100,6 +101,70 @@ class BatchProfile:
         if not 1 <= max_batch_size <= MAX_EXPORT_BATCH:
             raise BuildError(f"max batch size must be in 1..{MAX_EXPORT_BATCH}, got {max_batch_size}")
         return cls(1, max(1, min(opt, max_batch_size)), max_batch_size)
+
+
+# A dynamic dimension other than the batch (a sequence length, say) with no --trt-profile for it: min, opt, max.
+DEFAULT_DYNAMIC_RANGE = (1, 16, 256)
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """One input's optimization profile: its full min / opt / max shapes, batch dimension first."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+def parse_profiles(spec: str | None) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """``--trt-profile``: ``NAME=MIN/OPT/MAX[;NAME=…]``, each a per-sample shape with ``x`` between dimensions
+    (``input_ids=1/128/512``, ``pixel_values=3x224x224/3x224x224/3x224x224``)."""
+    out = {}
+    for item in (i.strip() for i in (spec or "").split(";") if i.strip()):
+        name, eq, shapes = item.partition("=")
+        parts = shapes.split("/")
+        try:
+            dims = tuple(tuple(int(d) for d in part.split("x")) for part in parts)
+        except ValueError:
+            dims = ()
+        if not eq or not name.strip() or len(dims) != 3 or any(d < 1 for shape in dims for d in shape):
+            raise ConfigError(f"--trt-profile {item!r} is not NAME=MIN/OPT/MAX, e.g. input_ids=1/128/512")
+        out[name.strip()] = dims
+    return out
+
+
+def shape_profiles(
+    signature: Signature,
+    batch: BatchProfile,
+    overrides: Mapping[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] | None = None,
+) -> dict[str, ShapeProfile]:
+    """Every input's optimization profile, from the model's signature: the batch profile on the batch dimension,
+    a fixed dimension as it is, a dynamic one from ``overrides`` (per-sample min/opt/max shapes by input name) or
+    DEFAULT_DYNAMIC_RANGE."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(signature.input_names))
+    if unknown:
+        raise ConfigError(f"--trt-profile names {unknown}, not inputs of the model ({signature.input_names})")
+    if not signature.batched:
+        raise BuildError(
+            "the gpu target builds models with a batch dimension so far; this one has none "
+            f"({signature.describe()}): build it for --target cpu"
+        )
+    profiles = {}
+    for t in signature.inputs:
+        if t.name in overrides:
+            lo, mid, hi = overrides.pop(t.name)
+            if not all(t.accepts(shape) for shape in (lo, mid, hi)) or not all(
+                a <= b <= c for a, b, c in zip(lo, mid, hi, strict=True)
+            ):
+                raise ConfigError(
+                    f"--trt-profile {t.name}={'x'.join(map(str, lo))}/{'x'.join(map(str, mid))}/"
+                    f"{'x'.join(map(str, hi))} does not fit {t.describe()} or is not min ≤ opt ≤ max"
+                )
+        else:
+            lo, mid, hi = (tuple(DEFAULT_DYNAMIC_RANGE[k] if d < 0 else d for d in t.shape) for k in range(3))
+        profiles[t.name] = ShapeProfile((batch.min, *lo), (batch.opt, *mid), (batch.max, *hi))
+    return profiles
 
 
 @dataclass(frozen=True)
@@ -362,6 +427,7 @@ class TensorRTTarget:
         cache_dir: Path | str | None = None,
         opt_batch_size: int = DEFAULT_OPT_BATCH,
         environ: Mapping[str, str] | None = None,
+        profiles: str | None = None,
     ):
         if compiler not in COMPILERS:
             raise BuildError(f"unknown compiler {compiler!r}; choose from {', '.join(COMPILERS)}")
@@ -369,6 +435,7 @@ class TensorRTTarget:
         self.backend_description = f"Triton TensorRT backend (tensorrt_plan), compiled with {compiler}"
         self.cache_dir = Path(cache_dir if cache_dir is not None else ".cache/tritune") / "tensorrt"
         self.opt_batch_size = opt_batch_size
+        self.shape_overrides = parse_profiles(profiles)  # checked against each model's inputs when it is built
         self._environ = os.environ if environ is None else environ
         self._tensorrt_version: str | None = None
         self._device: GpuDevice | None = None
@@ -472,7 +539,8 @@ class TensorRTTarget:
         cache = timing_cache_path(self.cache_dir, device.name, device.compute_capability, version)
         if self.compiler == "tensorrt":
             settings = plan_settings(version, artifact.precision)
-            plan = build_onnx_plan(artifact.onnx_path, settings, profile, cache)
+            shapes = shape_profiles(Signature.from_onnx(artifact.onnx_path), profile, self.shape_overrides)
+            plan = build_onnx_plan(artifact.onnx_path, settings, shapes, cache)
         else:
             settings = PlanSettings(strongly_typed=True, builder_flags=())  # use_explicit_typing
             plan = build_torch_tensorrt_plan(artifact, profile, cache)
@@ -510,11 +578,12 @@ def _logger():
 def build_onnx_plan(
     onnx_path: Path,
     settings: PlanSettings,
-    profile: BatchProfile,
+    profiles: Mapping[str, ShapeProfile],
     timing_cache: Path,
     workspace_bytes: int = WORKSPACE_BYTES,
 ) -> bytes:
-    """Serialize a TensorRT engine from an ONNX file with a dynamic batch dimension."""
+    """Serialize a TensorRT engine from an ONNX file with a dynamic batch dimension; ``profiles`` gives every
+    input's min / opt / max shapes (:func:`shape_profiles`)."""
     import tensorrt as trt
 
     logger = _logger()
@@ -537,8 +606,10 @@ def build_onnx_plan(
     opt_profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
-        rest = tuple(tensor.shape)[1:]
-        opt_profile.set_shape(tensor.name, (profile.min, *rest), (profile.opt, *rest), (profile.max, *rest))
+        shapes = profiles.get(tensor.name)
+        if shapes is None:
+            raise BuildError(f"TensorRT sees an input {tensor.name!r} the ONNX signature lacks; re-export the model")
+        opt_profile.set_shape(tensor.name, shapes.min, shapes.opt, shapes.max)
     config.add_optimization_profile(opt_profile)
     for flag in settings.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))

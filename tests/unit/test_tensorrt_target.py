@@ -314,3 +314,54 @@ def test_builds_a_real_plan_for_each_precision(tmp_path):
     checked = check_plans(tmp_path / "repo", trt.__version__)
     assert {r.precision for _, r in checked} == {"fp32", "fp16"}
     assert any((tmp_path / "cache" / "tensorrt").glob("*.timing-cache"))
+
+
+def test_optimization_profiles_come_from_the_signature_and_the_user():
+    from builders.targets.tensorrt import (
+        DEFAULT_DYNAMIC_RANGE,
+        BatchProfile,
+        ShapeProfile,
+        parse_profiles,
+        shape_profiles,
+    )
+    from tritune.signature import Signature, Tensor
+
+    text = Signature(
+        (Tensor("input_ids", "INT64", (-1,)), Tensor("attention_mask", "INT64", (-1,))),
+        (Tensor("logits", "FP32", (4,)),),
+        batched=True,
+    )
+    batch = BatchProfile.for_max(64)
+    lo, opt, hi = DEFAULT_DYNAMIC_RANGE
+    assert shape_profiles(text, batch)["input_ids"] == ShapeProfile((1, lo), (16, opt), (64, hi))
+    user = parse_profiles("input_ids=1/128/512; attention_mask=1/128/512")
+    assert shape_profiles(text, batch, user)["attention_mask"] == ShapeProfile((1, 1), (16, 128), (64, 512))
+    image = Signature((Tensor("pixel_values", "FP32", (3, 224, 224)),), (Tensor("logits", "FP32", (10,)),), True)
+    assert shape_profiles(image, batch)["pixel_values"].max == (64, 3, 224, 224)
+    with pytest.raises(ConfigError, match="not inputs of the model"):
+        shape_profiles(text, batch, parse_profiles("ids=1/2/3"))
+    with pytest.raises(ConfigError, match="does not fit"):
+        shape_profiles(image, batch, parse_profiles("pixel_values=3x224x224/3x112x112/3x224x224"))
+    with pytest.raises(ConfigError, match="min ≤ opt ≤ max"):
+        shape_profiles(text, batch, parse_profiles("input_ids=64/16/8"))
+    with pytest.raises(ConfigError, match="NAME=MIN/OPT/MAX"):
+        parse_profiles("input_ids=1/2")
+    unbatched = Signature((Tensor("x", "FP32", (1, 4)),), (Tensor("y", "FP32", (1, 2)),), batched=False)
+    with pytest.raises(BuildError, match="batch dimension"):
+        shape_profiles(unbatched, batch)
+
+
+def test_a_brought_onnx_model_on_the_gpu_target_asks_for_tensorrt(tmp_path, monkeypatch):
+    """With the ONNX parser the gpu target takes any batched model; without TensorRT it says what to install,
+    before any variant is built."""
+    from builders.build import build
+    from builders.models import SeedCNN
+    from builders.onnx_utils import export_onnx
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    path = export_onnx(SeedCNN().eval(), tmp_path / "m.onnx")
+    with pytest.raises(TargetUnavailableError, match="TensorRT is not installed"):
+        build(BuildOptions(onnx=path, target="gpu", repository=tmp_path / "repo"), log=lambda _m: None)
+    assert not (tmp_path / "repo").exists()
+    with pytest.raises(ConfigError, match="leave out --compiler torch-tensorrt"):
+        build(BuildOptions(onnx=path, target="gpu", compiler="torch-tensorrt"), log=lambda _m: None)
