@@ -169,6 +169,7 @@ def download_cifar10(data_dir: Path) -> None:
 def _read_idx(path: Path) -> np.ndarray:
     """One IDX file (gzipped): magic 0x00 0x00 <type 0x08 = uint8> <ndim>, then ndim big-endian int32 sizes."""
     import gzip
+    import zlib
 
     try:
         with gzip.open(path, "rb") as fh:
@@ -178,9 +179,9 @@ def _read_idx(path: Path) -> np.ndarray:
             f"{path} is missing; install Fashion-MNIST with `apt-get install dataset-fashion-mnist` (or `make "
             "install`), or use --dataset digits"
         ) from None
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path} is corrupt ({exc}); reinstall dataset-fashion-mnist") from exc
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or len(raw) < 4 + 4 * raw[3]:
         raise DataError(f"{path} is not an IDX file of unsigned bytes; reinstall dataset-fashion-mnist")
     ndim = raw[3]
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
@@ -194,15 +195,22 @@ def fashion_mnist_available(root: Path = FASHION_MNIST_DIR) -> bool:
     return all((root / f).is_file() for f in FASHION_MNIST_FILES.values())
 
 
-def load_fashion_mnist_raw(root: Path = FASHION_MNIST_DIR) -> dict[str, np.ndarray]:
-    """The four arrays as shipped: uint8 images [N, 28, 28] and labels [N]."""
-    return {k: _read_idx(root / f) for k, f in FASHION_MNIST_FILES.items()}
+def load_fashion_mnist_raw(root: Path = FASHION_MNIST_DIR, held_out_only: bool = False) -> dict[str, np.ndarray]:
+    """The arrays as shipped: uint8 images [N, 28, 28] and labels [N] (the training ones empty if held_out_only)."""
+    out = {}
+    for key, name in FASHION_MNIST_FILES.items():
+        if held_out_only and key.endswith("_train"):
+            out[key] = np.zeros((0, 28, 28) if key.startswith("x") else (0,), np.uint8)
+        else:
+            out[key] = _read_idx(root / name)
+    return out
 
 
-def fashion_mnist_as_cifar(root: Path = FASHION_MNIST_DIR) -> Dataset:
+def fashion_mnist_as_cifar(root: Path = FASHION_MNIST_DIR, held_out_only: bool = False) -> Dataset:
     """Fashion-MNIST (60,000 + 10,000 real 28×28 grayscale photos of clothing) in the seed CNN's 3×32×32: each
-    image padded by 2 pixels of background and copied to three channels, pixels scaled to [0, 1]."""
-    raw = load_fashion_mnist_raw(root)
+    image padded by 2 pixels of background and copied to three channels, pixels scaled to [0, 1]. A load test needs
+    the held-out images only (``held_out_only``: the 60,000 training ones would cost ~740 MB for nothing)."""
+    raw = load_fashion_mnist_raw(root, held_out_only)
 
     def images(x: np.ndarray) -> np.ndarray:
         x = np.pad(x, ((0, 0), (2, 2), (2, 2))).astype(np.float32) / 255.0
@@ -254,14 +262,20 @@ def load_digits_as_cifar(seed: int = 0, test_fraction: float = 0.5) -> Dataset:
 DEFAULT_TRAIN_IMAGES = {"fashion-mnist": 2000}
 
 
-def load_dataset(kind: str = "auto", data_dir: Path | str = "data", download: bool = False, seed: int = 0) -> Dataset:
+def load_dataset(
+    kind: str = "auto",
+    data_dir: Path | str = "data",
+    download: bool = False,
+    seed: int = 0,
+    held_out_only: bool = False,
+) -> Dataset:
     """``auto``: CIFAR-10 if a local copy exists (or ``download`` fetches one), else Fashion-MNIST where Debian's
     package is installed (``make install`` installs it), else scikit-learn's bundled digits (said in its notes)."""
     if kind not in DATASETS:
         raise DataError(f"unknown dataset {kind!r}; choose one of {', '.join(DATASETS)}")
     data_dir = Path(data_dir)
     if kind == "fashion-mnist":
-        return fashion_mnist_as_cifar()
+        return fashion_mnist_as_cifar(held_out_only=held_out_only)
     if kind in ("auto", "cifar10"):
         if _find_cifar(data_dir) is None and download:
             download_cifar10(data_dir)
@@ -270,7 +284,7 @@ def load_dataset(kind: str = "auto", data_dir: Path | str = "data", download: bo
         if kind == "cifar10":
             return load_cifar10(data_dir)  # raises the "no copy" error with what to do
     if kind == "auto" and fashion_mnist_available():
-        return fashion_mnist_as_cifar()
+        return fashion_mnist_as_cifar(held_out_only=held_out_only)
     digits = load_digits_as_cifar(seed=seed)
     if kind == "auto":
         digits.notes.append(

@@ -46,7 +46,7 @@ def images(dataset: str, split: str, limit: int) -> tuple[np.ndarray, np.ndarray
     if dataset == "fashion-mnist":
         from builders.data import load_fashion_mnist_raw
 
-        raw = load_fashion_mnist_raw()
+        raw = load_fashion_mnist_raw(held_out_only=split == "test")
         x, y = raw[f"x_{split}"].astype(np.float32) / 255.0, raw[f"y_{split}"].astype(np.int64)
     else:
         from sklearn.datasets import load_digits

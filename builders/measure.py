@@ -86,6 +86,14 @@ def _configs(repository: Path, variants: dict[str, str], public: str) -> dict[st
         configs[name] = ModelConfig.read(repository / model)
     ref = next(iter(configs.values()))
     for name, c in configs.items():
+        # One config serves every version of the public model: only what the orchestrator tunes may differ.
+        tuned = ("name", "instance_group", "dynamic_batching", "version_policy")
+        if replace(c, **{f: getattr(ref, f) for f in tuned}) != ref:
+            raise ConfigError(
+                f"{variants[name]}'s config differs from the reference's beyond name, instances and batching (e.g. "
+                "its parameters): the variants become versions of one public model with one config, so keep what "
+                "tells them apart in their version folders"
+            )
         if (c.backend, c.platform) != (ref.backend, ref.platform):
             raise ConfigError(
                 f"{variants[name]} runs on {c.backend or c.platform}, the reference on {ref.backend or ref.platform}: "
@@ -120,17 +128,23 @@ def _outputs(client: InferenceClient, model: str, data: Samples, sig: Signature,
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def _latency_ms(client: InferenceClient, model: str, data: Samples, sig: Signature, batch: int) -> float:
-    idx = np.arange(batch) % len(data) if sig.batched else 0
+def _latency_ms(
+    client: InferenceClient, model: str, data: Samples, sig: Signature, batch: int, max_batch_size: int
+) -> float:
+    """Served latency of ``batch`` samples: one request where the model takes them (a larger batch than its
+    max_batch_size is sent as several requests, in a row), else one request per sample."""
+    per_request = min(batch, max_batch_size) if sig.batched else 1
+    idx = np.arange(per_request) % len(data) if sig.batched else 0
     inputs = {k: v[idx] for k, v in data.inputs.items()}
+    requests = -(-batch // per_request)
     times = []
     for i in range(LATENCY_REQUESTS + 3):
         t = time.perf_counter()
         client.infer_all(model, inputs)
         if i >= 3:  # the first requests warm the instance
             times.append((time.perf_counter() - t) * 1000)
-    # Without a batch dimension, "batch 32" is 32 one-sample requests: the cost the ladder compares.
-    return statistics.median(times) * (1 if sig.batched else batch)
+    # "batch 32" that the model cannot take in one request is that many requests: the cost the ladder compares.
+    return statistics.median(times) * requests
 
 
 def measure(args: argparse.Namespace, log: Callable[[str], None] = print) -> Manifest:
@@ -173,7 +187,10 @@ def measure(args: argparse.Namespace, log: Callable[[str], None] = print) -> Man
                 hits = evaluator.correct(outputs[name])
                 acc = float(hits.mean())
                 ref_acc = acc if ref_acc is None else ref_acc
-                latency = {f"batch_{b}": round(_latency_ms(client, model, data, signature, b), 3) for b in (1, 32)}
+                latency = {
+                    f"batch_{b}": round(_latency_ms(client, model, data, signature, b, ref_config.max_batch_size), 3)
+                    for b in (1, 32)
+                }
                 folder = _version_dir(repository / model)
                 records[name] = VariantRecord(
                     model_name=model,

@@ -112,7 +112,9 @@ def load_model(path: Path) -> tuple[onnx.ModelProto, Signature]:
             f"ONNX Runtime cannot load {path} ({first[:300]}); export it again or check it with onnx.checker"
         ) from exc
     try:
-        return proto, Signature.from_onnx(proto)
+        signature = Signature.from_onnx(proto)
+        signature.tensor_specs()
+        return proto, signature
     except ModelInputError as exc:
         raise BuildError(f"{path}: {exc}") from exc
 
@@ -137,6 +139,7 @@ def build_imported(
 
     started = time.perf_counter()
     signature, proto = imported.signature, imported.proto
+    signature.tensor_specs()  # a tensor Triton's config cannot declare is refused before any work
     public_model, prefix = model_names(opts, imported.name)
     public_variant = opts.public_variant if opts.public_variant in variants else "fp32"
     target = get_target(opts.target, opts.compiler, opts.cache_dir, opts.trt_profile)
@@ -173,7 +176,7 @@ def build_imported(
         outputs = {v: _evaluate(v, paths[v], data, signature, log) for v in variants}
         evaluator = choose(signature, data.labels, outputs["fp32"], opts.output)
         log(f"accuracy: {evaluator.metric.words}" + (f" on output {evaluator.output!r}" if evaluator.output else ""))
-        judged = evaluator.output or next(t.name for t in signature.outputs if t.is_float)
+        judged = evaluator.output or next((t.name for t in signature.outputs if t.is_float), signature.outputs[0].name)
         feeds = _latency_feeds(data, signature)
         built_with = versions()
         records: dict[str, VariantRecord] = {}

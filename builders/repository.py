@@ -68,8 +68,12 @@ class StagedRepository:
                 if dest.exists():
                     old = trash / model_dir.name
                     dest.rename(old)
-                model_dir.rename(dest)
-                moved.append((dest, old))
+                    # Recorded before the second rename: if that fails, the previous model is put back below.
+                    moved.append((dest, old))
+                    model_dir.rename(dest)
+                else:
+                    model_dir.rename(dest)
+                    moved.append((dest, old))
             staged_manifest = self.staging / MANIFEST
             if staged_manifest.exists():
                 os.replace(staged_manifest, self.repository / MANIFEST)

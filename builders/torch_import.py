@@ -179,7 +179,11 @@ def input_tensors(opts, model: nn.Module) -> tuple[Tensor, ...]:
         from tritune.samples import LABELS, _npz
 
         arrays = {k: v for k, v in _npz(data, f"--eval-data {data}").items() if k != LABELS}
-        tensors = tuple(Tensor(n, datatype_of(a.dtype), tuple(a.shape[1:])) for n, a in arrays.items())
+        # A module's float inputs are float32 (float64 data, e.g. pixels / 255.0, is converted when it is loaded).
+        tensors = tuple(
+            Tensor(n, "FP32" if a.dtype == np.float64 else datatype_of(a.dtype), tuple(a.shape[1:]))
+            for n, a in arrays.items()
+        )
     unknown = [t.name for t in tensors if t.name not in params]
     if unknown:
         raise DataError(f"input(s) {unknown} are not parameters of the module's forward {params}; name them so")
@@ -204,8 +208,18 @@ def build_from_torch(opts, log: Callable[[str], None] = print) -> Manifest:
     adapter = _Adapter(model, [t.name for t in tensors]).eval()
     rng = np.random.default_rng(opts.seed)
     example = tuple(torch.from_numpy(t.random((2,), t.shape, rng)) for t in tensors)
-    with torch.no_grad():
-        adapter(*example)  # an eager call names the outputs
+    try:
+        with torch.no_grad():
+            adapter(*example)  # an eager call names the outputs
+    except BuildError:
+        raise
+    except Exception as exc:  # the user's forward may raise anything on inputs it does not take
+        shapes = ", ".join(f"{t.name} {t.describe()}" for t in tensors)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BuildError(
+            f"{opts.torch} fails on inputs {shapes} ({type(exc).__name__}: {first[:200]}); check --input-shape or "
+            "the data's arrays"
+        ) from exc
     name = opts.torch.partition(":")[2]
     log(f"model: {opts.torch} ({type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters)")
 

@@ -318,9 +318,10 @@ class _Http:
         header's order), or None where answers are not checked."""
         if self.load.judged is None:
             return None
-        at = head.find(b"\r\ninference-header-content-length:")
-        stop = head.find(b"\r\n", at + 35)
-        size = int(head[at + 35 : stop if stop > 0 else None]) if at >= 0 else len(body)
+        key = b"\r\ninference-header-content-length:"
+        at = head.find(key)
+        stop = head.find(b"\r\n", at + len(key))
+        size = int(head[at + len(key) : stop if stop > 0 else None]) if at >= 0 else len(body)
         offset = size
         for out in json.loads(body[:size])["outputs"]:
             n = out.get("parameters", {}).get("binary_data_size", 0)
@@ -420,13 +421,15 @@ class OpenLoopLoad:
             samples = {signature.inputs[0].name: samples}
         self.inputs = signature.check_inputs(samples, "the load's samples")
         self.labels = None if labels is None else np.asarray(labels)
+        n = len(next(iter(self.inputs.values())))
+        if self.labels is not None and len(self.labels) != n:
+            raise ValueError(f"{len(self.labels)} labels for {n} samples; give one label per sample")
         classifier = signature.classifier_output
         self.judged = classifier.name if classifier is not None and self.labels is not None else None
         self._scores_dtype = classifier.dtype.newbyteorder("<") if classifier is not None else None
         self._stop = threading.Event()
         # One request per distinct window of samples, serialized before the clock starts: request i carries
         # samples (i·batch + k) mod n.
-        n = len(next(iter(self.inputs.values())))
         self.windows = [[(i * batch + k) % n for k in range(batch)] for i in range(n // math.gcd(n, batch))]
         self._transport = _Grpc(self, channels) if protocol == "grpc" else _Http(self)
 

@@ -99,7 +99,7 @@ def write_images(path: Path, dataset: str = "auto", data_dir: Path = Path("data"
     from builders.data import load_dataset
     from builders.models import INPUT_NAME
 
-    data = load_dataset(dataset, data_dir)
+    data = load_dataset(dataset, data_dir, held_out_only=True)
     np.savez(path, **{INPUT_NAME: data.x_test[:limit].astype(np.float32), "labels": data.y_test[:limit]})
     return path
 

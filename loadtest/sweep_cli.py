@@ -6,7 +6,7 @@ import argparse
 import json
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -160,7 +160,7 @@ def sweep_samples(args: SweepOptions, manifest: Manifest | None, signature: Sign
         from builders.data import DATASETS, load_dataset
 
         ds_name = manifest.dataset.get("name", "auto")
-        data = load_dataset(ds_name if ds_name in DATASETS else "auto", manifest.data_dir)
+        data = load_dataset(ds_name if ds_name in DATASETS else "auto", manifest.data_dir, held_out_only=True)
         x = data.x_test.astype(np.float32)
         return Samples({signature.inputs[0].name: x}, data.y_test, f"{data.name} held-out images")
     return synthesize(signature, 256)
@@ -199,6 +199,9 @@ def sweep(args: SweepOptions, run_dir: Path, should_stop=None, progress=print) -
             available = {config.parameters.get("variant", ""): float("inf")}
             progress(f"sweep: no manifest lists {args.model}'s variants; sweeping batching and instances only")
         space = space_from_args(args, available)
+        if config.max_batch_size == 0:  # Triton refuses dynamic batching without a batch dimension
+            space = replace(space, queue_delays_us=(None,))
+            progress(f"sweep: {args.model} has no batch dimension (max_batch_size 0); sweeping instances only")
         applier = Applier(client, args.model)
         baseline = applier.current()[1]
         gen = SweepGenerator(space, baseline, args.slo_p99_ms)

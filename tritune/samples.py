@@ -182,12 +182,12 @@ def _pa_tensor(value, tensor, where: str) -> np.ndarray:
             except (ValueError, TypeError) as exc:
                 raise DataError(f"{where}: b64 content does not decode to {tensor.datatype} ({exc})") from exc
         else:
-            flat = np.asarray(value.get("content", []))
+            flat = _array(value.get("content", []), where)
     else:
-        flat = np.asarray(value)
+        flat = _array(value, where)
     if shape is None:
         if tensor.dynamic:
-            if flat.ndim > 1:  # nested lists carry their own shape
+            if flat.ndim == len(tensor.shape):  # nested (or, for one dimension, flat) lists carry their own shape
                 return flat
             raise DataError(
                 f'{where}: the input has dynamic dims {tensor.describe()}; give {{"content": [...], "shape": [...]}}'
@@ -197,6 +197,13 @@ def _pa_tensor(value, tensor, where: str) -> np.ndarray:
     if int(np.prod(shape)) != flat.size:
         raise DataError(f"{where}: {flat.size} values do not fill shape {list(shape)} ({tensor.describe()})")
     return flat.reshape(shape)
+
+
+def _array(value, where: str) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except ValueError as exc:  # ragged nested lists
+        raise DataError(f"{where} is not rectangular ({exc}); pad every row to one length") from None
 
 
 def _image_folder(root: Path, signature: Signature, label: str) -> tuple[dict[str, np.ndarray], np.ndarray, tuple]:

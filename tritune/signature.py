@@ -230,6 +230,12 @@ class Signature:
         """Inputs and outputs as :class:`tritune.model_config.TensorSpec` for a Triton config."""
         from tritune.model_config import TensorSpec
 
+        bare = [t.name for t in (*self.inputs, *self.outputs) if self.batched and not t.shape]
+        if bare:
+            raise ModelInputError(
+                f"{bare} have no dimension besides the batch, which a Triton config cannot declare (its dims must "
+                "not be empty): export them with a trailing dimension of 1 (e.g. unsqueeze(-1))"
+            )
         return (
             tuple(TensorSpec(t.name, t.config_type, t.shape) for t in self.inputs),
             tuple(TensorSpec(t.name, t.config_type, t.shape) for t in self.outputs),

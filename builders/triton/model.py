@@ -154,6 +154,13 @@ class TritonPythonModel:
             except Exception as exc:  # keep the stub alive whatever ONNX Runtime says
                 self._fail(owners, responses, exc)
                 continue
+            rows = sum(arrays[self.inputs[0].name].shape[0] for _, arrays in members)
+            bad = [t.name for t, value in zip(self.outputs, results, strict=True) if value.shape[:1] != (rows,)]
+            if bad:
+                # The config says the first dimension is the batch; an output that does not follow it cannot be
+                # split between the requests that made it.
+                self._fail(owners, responses, ValueError(f"outputs {bad} do not have the batch's {rows} rows"))
+                continue
             start = 0
             for i, arrays in members:
                 stop = start + arrays[self.inputs[0].name].shape[0]

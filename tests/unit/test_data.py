@@ -38,7 +38,7 @@ def test_auto_takes_fashion_mnist_where_installed(tmp_path, monkeypatch):
     root = _write_fashion(tmp_path / "fm")
     original = data.fashion_mnist_as_cifar
     monkeypatch.setattr(data, "fashion_mnist_available", lambda *_a: True)
-    monkeypatch.setattr(data, "fashion_mnist_as_cifar", lambda *_a: original(root))
+    monkeypatch.setattr(data, "fashion_mnist_as_cifar", lambda *_a, **_k: original(root))
     ds = data.load_dataset("auto", tmp_path / "no-cifar")
     assert ds.name == "fashion-mnist" and len(ds.x_test) == 20
     assert data.DEFAULT_TRAIN_IMAGES["fashion-mnist"] > 0  # a default build trains on a subset of it

@@ -79,10 +79,17 @@ def test_perf_analyzer_json_forms(tmp_path):
     fixed = tmp_path / "fixed.json"
     fixed.write_text(json.dumps({"data": [{"pixel_values": [0.5] * 192}]}))
     assert load_samples(fixed, IMAGE).inputs["pixel_values"].shape == (1, 3, 8, 8)
+    flat = tmp_path / "flat.json"  # a flat list fills a one-dimensional dynamic input by itself
+    flat.write_text(json.dumps({"data": [{"input_ids": [1, 2, 3], "attention_mask": [1, 1, 1]}]}))
+    assert load_samples(flat, TEXT).inputs["input_ids"].shape == (1, 3)
+    grid = Signature((Tensor("grid", "FP32", (-1, -1)),), (Tensor("y", "FP32", (2,)),), batched=True)
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"data": [{"input_ids": [1, 2, 3], "attention_mask": [1, 1, 1]}]}))
+    bad.write_text(json.dumps({"data": [{"grid": [1, 2, 3, 4]}]}))
     with pytest.raises(DataError, match="dynamic dims"):
-        load_samples(bad, TEXT)
+        load_samples(bad, grid)
+    bad.write_text(json.dumps({"data": [{"grid": [[1, 2], [3]]}]}))
+    with pytest.raises(DataError, match="not rectangular"):
+        load_samples(bad, grid)
     bad.write_text(json.dumps({"data": [{"pixel_values": [0.5] * 10}]}))
     with pytest.raises(DataError, match="10 values do not fill shape"):
         load_samples(bad, IMAGE)

@@ -18,7 +18,7 @@ def text_classifier(batch_dim="batch") -> onnx.ModelProto:
     """Two INT64 inputs with a dynamic sequence length, a BOOL flag, FP32 class scores: Gather → ReduceMean."""
     ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [batch_dim, "seq"])
     mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [batch_dim, "seq"])
-    flag = helper.make_tensor_value_info("flag", TensorProto.BOOL, [batch_dim])
+    flag = helper.make_tensor_value_info("flag", TensorProto.BOOL, [batch_dim, 1])
     out = helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch_dim, 4])
     table = helper.make_tensor("table", TensorProto.FLOAT, [32, 4], np.random.default_rng(0).random(128).tolist())
     nodes = [
@@ -42,7 +42,7 @@ def test_reads_names_types_and_dynamic_dims_from_the_graph():
     assert sig.inputs == (
         Tensor("input_ids", "INT64", (-1,)),
         Tensor("attention_mask", "INT64", (-1,)),
-        Tensor("flag", "BOOL", ()),
+        Tensor("flag", "BOOL", (1,)),
     )
     assert sig.outputs == (Tensor("scores", "FP32", (4,)),)
     assert sig.classifier_output == sig.outputs[0]
@@ -63,7 +63,7 @@ def test_config_roundtrip_and_cpu_config_from_the_graph(tmp_path):
     assert [(s.name, s.data_type, s.dims) for s in config.inputs] == [
         ("input_ids", "TYPE_INT64", (-1,)),
         ("attention_mask", "TYPE_INT64", (-1,)),
-        ("flag", "TYPE_BOOL", ()),
+        ("flag", "TYPE_BOOL", (1,)),
     ]
     assert config.max_batch_size == 16
     assert Signature.from_config(config) == Signature.from_onnx(path)
@@ -85,7 +85,7 @@ def test_random_inputs_have_the_right_types_and_shapes():
     x = sig.random_inputs(5, np.random.default_rng(1))
     assert x["input_ids"].dtype == np.int64 and x["input_ids"].shape == (5, DEFAULT_DYNAMIC_DIM)
     assert x["input_ids"].max() < RANDOM_INT_HIGH
-    assert x["flag"].dtype == np.bool_ and x["flag"].shape == (5,)
+    assert x["flag"].dtype == np.bool_ and x["flag"].shape == (5, 1)
     x = sig.random_inputs(2, dims={"input_ids": (7,), "attention_mask": (7,)})
     assert x["attention_mask"].shape == (2, 7)
     with pytest.raises(ModelInputError, match="does not fit"):
@@ -97,7 +97,7 @@ def test_data_is_checked_against_the_signature():
     ok = {
         "input_ids": np.zeros((3, 9), np.int32),
         "attention_mask": np.ones((3, 9), np.int64),
-        "flag": np.ones(3, bool),
+        "flag": np.ones((3, 1), bool),
     }
     checked = sig.check_inputs(ok, "data")
     assert checked["input_ids"].dtype == np.int64  # widened within its kind
@@ -108,9 +108,9 @@ def test_data_is_checked_against_the_signature():
     with pytest.raises(DataError, match=r"'input_ids' has shape \[3, 9, 2\]"):
         sig.check_inputs({**ok, "input_ids": np.zeros((3, 9, 2), np.int64)}, "data")
     with pytest.raises(DataError, match="different numbers of samples"):
-        sig.check_inputs({**ok, "flag": np.ones(4, bool)}, "data")
+        sig.check_inputs({**ok, "flag": np.ones((4, 1), bool)}, "data")
     with pytest.raises(DataError, match="'flag' holds int64"):
-        sig.check_inputs({**ok, "flag": np.ones(3, np.int64)}, "data")
+        sig.check_inputs({**ok, "flag": np.ones((3, 1), np.int64)}, "data")
 
 
 def test_unservable_interfaces_are_one_clear_line():
@@ -120,3 +120,7 @@ def test_unservable_interfaces_are_one_clear_line():
         Signature((Tensor("x", "FP32", (1,)),), (Tensor("x", "FP32", (1,)),), True)
     with pytest.raises(ModelInputError, match="no Triton datatype"):
         datatype_of(np.complex64)
+    # A batched tensor with nothing besides the batch (an ArgMax label) cannot be declared in a Triton config.
+    labels = Signature((Tensor("x", "FP32", (2,)),), (Tensor("label", "INT64", ()),), batched=True)
+    with pytest.raises(ModelInputError, match="no dimension besides the batch"):
+        labels.tensor_specs()

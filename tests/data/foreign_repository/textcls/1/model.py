@@ -2,11 +2,12 @@
 classifier run in PyTorch (no ONNX), with its own tensor names and no batch dimension in its config (the batch is
 the first of the tensor's own dims). Weights are random with a fixed seed: the tests measure serving, not accuracy.
 
-The config's ``quantize`` parameter is "none" or "int8" (PyTorch dynamic quantization of the Linear layers): the
-same file serves the repository's two variants.
+``options.json`` beside this file in the version folder says ``quantize``: "none" or "int8" (PyTorch dynamic
+quantization of the Linear layers). The same file serves the repository's two variants, whose configs are alike.
 """
 
 import json
+import os
 
 import numpy as np
 import torch
@@ -16,8 +17,9 @@ from transformers import BertConfig, BertForSequenceClassification
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        folder = os.path.join(args["model_repository"], args["model_version"])
+        with open(os.path.join(folder, "options.json")) as fh:
+            options = json.load(fh)
         torch.manual_seed(0)
         torch.set_num_threads(1)
         bert = BertConfig(
@@ -30,7 +32,7 @@ class TritonPythonModel:
             num_labels=3,
         )
         model = BertForSequenceClassification(bert).eval()
-        if params.get("quantize") == "int8":
+        if options.get("quantize") == "int8":
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         self.model = model
 
