@@ -204,8 +204,28 @@ def options_view(opts: BuildOptions) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
 
 
+@dataclass
+class _Seed:
+    """What the seed pipeline's stages share: the options, the data, the checkpoint cache and the log."""
+
+    opts: BuildOptions
+    data: Any  # builders.data.Dataset
+    cache: CheckpointCache
+    log: Callable[[str], None]
+    base_key: dict[str, Any]
+
+    @property
+    def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return self.data.channel_stats()
+
+
 def build(opts: BuildOptions, log: Callable[[str], None] = print) -> Manifest:
-    """Build the requested variants into ``opts.repository``; returns the manifest."""
+    """Build the requested variants into ``opts.repository``; returns the manifest.
+
+    The seed CNN's pipeline runs its stages in turn — data, fp32 (train or --checkpoint), pruned, distilled
+    students, export, fp16/int8, record — and a model the user brings enters at the import seam instead
+    (``builders/onnx_import.py``, ``builders/torch_import.py``), so a stage it does not need never runs.
+    """
     opts.validate()
     if opts.onnx is not None:
         from builders.onnx_import import build_from_onnx
@@ -220,57 +240,97 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> Manifest:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     torch.manual_seed(opts.seed)
+    seed = _Seed(opts, _seed_data(opts, log), CheckpointCache(opts.cache_dir), log, {})
+    seed.base_key = {
+        "code": TRAINING_CODE_VERSION,
+        "data": seed.data.fingerprint,
+        "torch": torch.__version__.split("+")[0],
+    }
 
+    fp32, fp32_key = _fp32(seed)
+    torch_models: dict[str, torch.nn.Module] = {"fp32": fp32}
+    if "pruned" in opts.variants:
+        torch_models["pruned"] = _pruned(seed, fp32, fp32_key)
+    torch_models |= _students(seed, fp32, fp32_key)
+
+    with (
+        tempfile.TemporaryDirectory(prefix="tritune-artifacts-") as art_dir,
+        StagedRepository(opts.repository) as staging,
+    ):
+        onnx_paths, export_checks = _export(seed, torch_models, Path(art_dir))
+        manifest_variants = _record(seed, target, staging, torch_models, onnx_paths, export_checks)
+        if opts.public_variant:
+            public = {
+                VERSION_OF[v]: VariantArtifact(v, PRECISION[v], onnx_paths[v], module=torch_models.get(v, fp32))
+                for v in manifest_variants
+            }
+            target.compile_public(
+                public, VERSION_OF[opts.public_variant], opts.public_model, staging, opts.max_batch_size
+            )
+        build_seconds = round(time.perf_counter() - started, 1)
+        manifest = _merge_manifest(opts, seed.data.describe(), manifest_variants, build_seconds)
+        manifest.write(staging / MANIFEST)
+    log(
+        f"wrote {len(manifest_variants)} variant(s) + public model {opts.public_model!r} to {opts.repository} "
+        f"in {manifest.build_seconds} s"
+    )
+    return manifest
+
+
+def _seed_data(opts: BuildOptions, log: Callable[[str], None]):
     data = load_dataset(opts.dataset, opts.data_dir, opts.download, opts.seed)
     subset = opts.subset if opts.subset is not None else DEFAULT_TRAIN_IMAGES.get(data.name, 0)
     if opts.subset is None and subset:
         data.notes.append(f"the default training subset for {data.name} on a CPU (--subset 0 trains on all)")
     data = data.subset(subset, opts.seed)
     log(f"dataset: {data.name} — {data.source}; {len(data.x_train)} training, {len(data.x_test)} held-out images")
-    mean, std = data.channel_stats()
-    cache = CheckpointCache(opts.cache_dir)
-    base_key = {"code": TRAINING_CODE_VERSION, "data": data.fingerprint, "torch": torch.__version__.split("+")[0]}
+    return data
 
-    # -- fp32 --------------------------------------------------------------------------------------------------
+
+def _fp32(seed: _Seed) -> tuple[torch.nn.Module, str]:
+    """The teacher: ``--checkpoint``, a cached checkpoint of the same inputs, or a SeedCNN trained now."""
+    opts, data, cache, log = seed.opts, seed.data, seed.cache, seed.log
+    mean, std = seed.stats
     fp32_cfg = TrainConfig(opts.epochs, opts.batch_size, opts.lr, seed=opts.seed)
     if opts.checkpoint is not None:
         fp32, _ = load_checkpoint(opts.checkpoint)
-        fp32_key = hashlib.sha256(Path(opts.checkpoint).read_bytes()).hexdigest()[:20]
         log(f"fp32: loaded {opts.checkpoint}")
-    else:
-        fp32_key = _hash({**base_key, "stage": "fp32", "arch": "SeedCNN", "mean": mean, "std": std, **fp32_cfg.key()})
-        fp32 = cache.get(fp32_key)
-        if fp32 is not None:
-            log(f"fp32: reusing checkpoint {cache.path(fp32_key)} (same data, architecture and settings)")
-        else:
-            log(f"fp32: training SeedCNN for {opts.epochs} epochs")
-            fp32 = train(SeedCNN(mean=mean, std=std), data.x_train, data.y_train, fp32_cfg, log, "fp32")
-            cache.put(fp32_key, fp32, {"stage": "fp32"})
+        return fp32, hashlib.sha256(Path(opts.checkpoint).read_bytes()).hexdigest()[:20]
+    key = _hash({**seed.base_key, "stage": "fp32", "arch": "SeedCNN", "mean": mean, "std": std, **fp32_cfg.key()})
+    fp32 = cache.get(key)
+    if fp32 is not None:
+        log(f"fp32: reusing checkpoint {cache.path(key)} (same data, architecture and settings)")
+        return fp32, key
+    log(f"fp32: training SeedCNN for {opts.epochs} epochs")
+    fp32 = train(SeedCNN(mean=mean, std=std), data.x_train, data.y_train, fp32_cfg, log, "fp32")
+    cache.put(key, fp32, {"stage": "fp32"})
+    return fp32, key
 
-    torch_models: dict[str, torch.nn.Module] = {"fp32": fp32}
-    derived_from = {"fp32": None, "pruned": "fp32", "fp16": "fp32", "int8": "fp32"} | dict.fromkeys(
-        STUDENTS, "fp32 (teacher)"
+
+def _pruned(seed: _Seed, fp32: torch.nn.Module, fp32_key: str) -> torch.nn.Module:
+    opts, data, cache, log = seed.opts, seed.data, seed.cache, seed.log
+    ft_cfg = TrainConfig(opts.finetune_epochs, opts.batch_size, opts.lr / 2, seed=opts.seed)
+    key = _hash({"parent": fp32_key, "stage": "pruned", "ratio": opts.prune_ratio, **ft_cfg.key()})
+    pruned = cache.get(key)
+    if pruned is not None:
+        log(f"pruned: reusing checkpoint {cache.path(key)}")
+        return pruned
+    log(
+        f"pruned: removing {opts.prune_ratio:.0%} of filters/units by L1 norm, "
+        f"fine-tuning {opts.finetune_epochs} epochs"
     )
+    pruned = structured_prune(copy.deepcopy(fp32), opts.prune_ratio)
+    pruned = train(pruned, data.x_train, data.y_train, ft_cfg, log, "finetune")
+    cache.put(key, pruned, {"stage": "pruned"})
+    return pruned
 
-    # -- pruned ------------------------------------------------------------------------------------------------
-    if "pruned" in opts.variants:
-        ft_cfg = TrainConfig(opts.finetune_epochs, opts.batch_size, opts.lr / 2, seed=opts.seed)
-        key = _hash({"parent": fp32_key, "stage": "pruned", "ratio": opts.prune_ratio, **ft_cfg.key()})
-        pruned = cache.get(key)
-        if pruned is not None:
-            log(f"pruned: reusing checkpoint {cache.path(key)}")
-        else:
-            log(
-                f"pruned: removing {opts.prune_ratio:.0%} of filters/units by L1 norm, "
-                f"fine-tuning {opts.finetune_epochs} epochs"
-            )
-            pruned = structured_prune(copy.deepcopy(fp32), opts.prune_ratio)
-            pruned = train(pruned, data.x_train, data.y_train, ft_cfg, log, "finetune")
-            cache.put(key, pruned, {"stage": "pruned"})
-        torch_models["pruned"] = pruned
 
-    # -- distilled students ------------------------------------------------------------------------------------
+def _students(seed: _Seed, fp32: torch.nn.Module, fp32_key: str) -> dict[str, torch.nn.Module]:
+    """The distilled students the options ask for (STUDENTS), each from the fp32 teacher."""
+    opts, data, cache, log = seed.opts, seed.data, seed.cache, seed.log
+    mean, std = seed.stats
     kd_cfg = TrainConfig(opts.distill_epochs, opts.batch_size, opts.lr, seed=opts.seed)
+    students: dict[str, torch.nn.Module] = {}
     for name in (v for v in STUDENTS if v in opts.variants):
         spec = STUDENTS[name]
         key = _hash(
@@ -301,105 +361,99 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> Manifest:
                 log,
             )
             cache.put(key, student, {"stage": name})
-        torch_models[name] = student
+        students[name] = student
+    return students
 
-    manifest_variants: dict[str, VariantRecord] = {}
-    with (
-        tempfile.TemporaryDirectory(prefix="tritune-artifacts-") as art_dir,
-        StagedRepository(opts.repository) as staging,
-    ):
-        art = Path(art_dir)
-        onnx_paths: dict[str, Path] = {}
-        export_checks: dict[str, dict] = {}
-        for name, model in torch_models.items():
-            path = ox.export_onnx(model, art / f"{name}.onnx")
-            check = ox.compare(predict_logits(model, data.x_test), ox.run_onnx(ox.session(path), data.x_test))
-            _enforce_tolerance(name, "fp32", check)
-            onnx_paths[name], export_checks[name] = path, check
-            log(f"{name}: exported ONNX, max |onnx - torch| = {check['max_abs_err']:.2e}")
-        if "fp16" in opts.variants:
-            onnx_paths["fp16"] = ox.to_fp16(onnx_paths["fp32"], art / "fp16.onnx")
-            check = ox.compare(
-                predict_logits(fp32, data.x_test), ox.run_onnx(ox.session(onnx_paths["fp16"]), data.x_test)
-            )
-            _enforce_tolerance("fp16", "fp16", check)
-            export_checks["fp16"] = check
-            log(f"fp16: converted (FP32 inputs/outputs), max rel error vs torch fp32 = {check['max_rel_err']:.2e}")
-        if "int8" in opts.variants:
-            rng = np.random.default_rng(opts.seed)
-            n = min(opts.calibration_size, len(data.x_train))
-            calib = data.x_train[rng.permutation(len(data.x_train))[:n]]
-            onnx_paths["int8"] = ox.to_int8(onnx_paths["fp32"], art / "int8.onnx", calib, opts.calibration_method)
-            export_checks["int8"] = ox.compare(
-                predict_logits(fp32, data.x_test), ox.run_onnx(ox.session(onnx_paths["int8"]), data.x_test)
-            )
-            log(f"int8: quantized with {n} calibration images ({opts.calibration_method}), symmetric per-channel Q/DQ")
 
-        fp32_logits = ox.run_onnx(ox.session(onnx_paths["fp32"]), data.x_test)
-        fp32_top1 = top1(fp32_logits, data.y_test)
-        built_with = versions()
-        for name in [v for v in VARIANTS if v in opts.variants]:
-            path = onnx_paths[name]
-            sess = ox.session(path)
-            logits = ox.run_onnx(sess, data.x_test)
-            model = torch_models.get(name, fp32)
-            acc = top1(logits, data.y_test)
-            hits = logits.argmax(axis=1) == data.y_test  # per image: the paired comparison's input
-            artifact = VariantArtifact(name, PRECISION[name], path, module=model)
-            compiled = target.compile(artifact, opts.model_prefix + name, staging, opts.max_batch_size)
-            entry = dict(
-                model_name=compiled.model_name,
-                variant=name,
-                precision=PRECISION[name],
-                architecture=type(model).__name__,
-                arch_kwargs={k: v for k, v in model.arch_kwargs().items() if k not in ("mean", "std")},
-                derived_from=derived_from[name],
-                parameters=count_parameters(model),
-                flops=count_flops(model),
-                file_bytes=path.stat().st_size,
-                sha256=compiled.artifact_sha256,
-                top1=acc,
-                top1_delta_vs_fp32_points=round((acc - fp32_top1) * 100, 3),
-                correct=pack(hits),
-                top1_ci95=[round(x, 4) for x in wilson(int(hits.sum()), len(hits))],
-                error_vs_fp32=ox.compare(fp32_logits, logits),
-                export_check_vs_torch=export_checks[name],
-                latency_ms={f"batch_{b}": ox.latency_ms(sess, b, opts.latency_runs) for b in (1, 32)},
-                target=target.name,
-                backend=target.backend_description,
-                built_with=built_with,
-                dataset_fingerprint=data.fingerprint,
-            )
-            if name in ("pruned", "int8"):
-                entry["accuracy_target_met"] = entry["top1_delta_vs_fp32_points"] >= -ACCURACY_TARGET_POINTS
-                if not entry["accuracy_target_met"]:
-                    log(
-                        f"warning: {name} top-1 is {-entry['top1_delta_vs_fp32_points']:.2f} points below fp32 "
-                        f"(target {ACCURACY_TARGET_POINTS}); train longer or lower --prune-ratio"
-                    )
-            manifest_variants[name] = VariantRecord(**entry)
-            log(
-                f"{name}: top-1 {acc:.4f}, {entry['parameters']:,} params, {entry['flops'] / 1e6:.1f} MFLOPs, "
-                f"{entry['file_bytes'] / 1e6:.2f} MB, {entry['latency_ms']['batch_32']:.2f} ms @32 "
-                f"→ {compiled.model_name}"
-            )
+def _export(
+    seed: _Seed, torch_models: dict[str, torch.nn.Module], art: Path
+) -> tuple[dict[str, Path], dict[str, dict]]:
+    """Every PyTorch variant to ONNX (checked against PyTorch), then fp16 and int8 from the fp32 graph."""
+    opts, data, log = seed.opts, seed.data, seed.log
+    fp32 = torch_models["fp32"]
+    onnx_paths: dict[str, Path] = {}
+    export_checks: dict[str, dict] = {}
+    for name, model in torch_models.items():
+        path = ox.export_onnx(model, art / f"{name}.onnx")
+        check = ox.compare(predict_logits(model, data.x_test), ox.run_onnx(ox.session(path), data.x_test))
+        _enforce_tolerance(name, "fp32", check)
+        onnx_paths[name], export_checks[name] = path, check
+        log(f"{name}: exported ONNX, max |onnx - torch| = {check['max_abs_err']:.2e}")
+    if "fp16" in opts.variants:
+        onnx_paths["fp16"] = ox.to_fp16(onnx_paths["fp32"], art / "fp16.onnx")
+        check = ox.compare(predict_logits(fp32, data.x_test), ox.run_onnx(ox.session(onnx_paths["fp16"]), data.x_test))
+        _enforce_tolerance("fp16", "fp16", check)
+        export_checks["fp16"] = check
+        log(f"fp16: converted (FP32 inputs/outputs), max rel error vs torch fp32 = {check['max_rel_err']:.2e}")
+    if "int8" in opts.variants:
+        rng = np.random.default_rng(opts.seed)
+        n = min(opts.calibration_size, len(data.x_train))
+        calib = data.x_train[rng.permutation(len(data.x_train))[:n]]
+        onnx_paths["int8"] = ox.to_int8(onnx_paths["fp32"], art / "int8.onnx", calib, opts.calibration_method)
+        export_checks["int8"] = ox.compare(
+            predict_logits(fp32, data.x_test), ox.run_onnx(ox.session(onnx_paths["int8"]), data.x_test)
+        )
+        log(f"int8: quantized with {n} calibration images ({opts.calibration_method}), symmetric per-channel Q/DQ")
+    return onnx_paths, export_checks
 
-        if opts.public_variant:
-            public = {
-                VERSION_OF[v]: VariantArtifact(v, PRECISION[v], onnx_paths[v], module=torch_models.get(v, fp32))
-                for v in manifest_variants
-            }
-            target.compile_public(
-                public, VERSION_OF[opts.public_variant], opts.public_model, staging, opts.max_batch_size
-            )
 
-        manifest = _merge_manifest(opts, data.describe(), manifest_variants, round(time.perf_counter() - started, 1))
-        manifest.write(staging / MANIFEST)
-    log(
-        f"wrote {len(manifest_variants)} variant(s) + public model {opts.public_model!r} to {opts.repository} "
-        f"in {manifest.build_seconds} s"
+def _record(seed: _Seed, target, staging: Path, torch_models, onnx_paths, export_checks) -> dict[str, VariantRecord]:
+    """Each variant measured on the held-out images, compiled for the target, and its manifest record."""
+    opts, data, log = seed.opts, seed.data, seed.log
+    fp32 = torch_models["fp32"]
+    derived_from = {"fp32": None, "pruned": "fp32", "fp16": "fp32", "int8": "fp32"} | dict.fromkeys(
+        STUDENTS, "fp32 (teacher)"
     )
-    return manifest
+    fp32_logits = ox.run_onnx(ox.session(onnx_paths["fp32"]), data.x_test)
+    fp32_top1 = top1(fp32_logits, data.y_test)
+    built_with = versions()
+    records: dict[str, VariantRecord] = {}
+    for name in [v for v in VARIANTS if v in opts.variants]:
+        path = onnx_paths[name]
+        sess = ox.session(path)
+        logits = ox.run_onnx(sess, data.x_test)
+        model = torch_models.get(name, fp32)
+        acc = top1(logits, data.y_test)
+        hits = logits.argmax(axis=1) == data.y_test  # per image: the paired comparison's input
+        artifact = VariantArtifact(name, PRECISION[name], path, module=model)
+        compiled = target.compile(artifact, opts.model_prefix + name, staging, opts.max_batch_size)
+        entry = dict(
+            model_name=compiled.model_name,
+            variant=name,
+            precision=PRECISION[name],
+            architecture=type(model).__name__,
+            arch_kwargs={k: v for k, v in model.arch_kwargs().items() if k not in ("mean", "std")},
+            derived_from=derived_from[name],
+            parameters=count_parameters(model),
+            flops=count_flops(model),
+            file_bytes=path.stat().st_size,
+            sha256=compiled.artifact_sha256,
+            top1=acc,
+            top1_delta_vs_fp32_points=round((acc - fp32_top1) * 100, 3),
+            correct=pack(hits),
+            top1_ci95=[round(x, 4) for x in wilson(int(hits.sum()), len(hits))],
+            error_vs_fp32=ox.compare(fp32_logits, logits),
+            export_check_vs_torch=export_checks[name],
+            latency_ms={f"batch_{b}": ox.latency_ms(sess, b, opts.latency_runs) for b in (1, 32)},
+            target=target.name,
+            backend=target.backend_description,
+            built_with=built_with,
+            dataset_fingerprint=data.fingerprint,
+        )
+        if name in ("pruned", "int8"):
+            entry["accuracy_target_met"] = entry["top1_delta_vs_fp32_points"] >= -ACCURACY_TARGET_POINTS
+            if not entry["accuracy_target_met"]:
+                log(
+                    f"warning: {name} top-1 is {-entry['top1_delta_vs_fp32_points']:.2f} points below fp32 "
+                    f"(target {ACCURACY_TARGET_POINTS}); train longer or lower --prune-ratio"
+                )
+        records[name] = VariantRecord(**entry)
+        log(
+            f"{name}: top-1 {acc:.4f}, {entry['parameters']:,} params, {entry['flops'] / 1e6:.1f} MFLOPs, "
+            f"{entry['file_bytes'] / 1e6:.2f} MB, {entry['latency_ms']['batch_32']:.2f} ms @32 "
+            f"→ {compiled.model_name}"
+        )
+    return records
 
 
 def _enforce_tolerance(name: str, kind: str, check: dict) -> None:
