@@ -24,10 +24,8 @@ from builders import onnx_utils as ox
 from builders.data import DEFAULT_TRAIN_IMAGES, load_dataset
 from builders.models import (
     INPUT_DATATYPE,
-    INPUT_NAME,
     INPUT_SHAPE,
     NUM_CLASSES,
-    OUTPUT_NAME,
     SEED_SIGNATURE,
     CompressedNet,
     SeedCNN,
@@ -43,6 +41,7 @@ from builders.train import TrainConfig, distill, predict_logits, top1, train
 from tritune.compare import pack, wilson
 from tritune.errors import BuildError, CheckpointError, ExportError, RepositoryError
 from tritune.manifest import Manifest, VariantRecord
+from tritune.signature import Signature
 
 VARIANTS = ("fp32", "pruned", "distilled", "fp16", "int8", "small", "tiny")
 # The public model holds every variant as a version; the numbers are fixed so a config names the same variant
@@ -257,18 +256,21 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> Manifest:
         tempfile.TemporaryDirectory(prefix="tritune-artifacts-") as art_dir,
         StagedRepository(opts.repository) as staging,
     ):
-        onnx_paths, export_checks = _export(seed, torch_models, Path(art_dir))
+        onnx_paths, export_checks = _export(seed, torch_models, Path(art_dir), target.int8_quantize_bias)
         manifest_variants = _record(seed, target, staging, torch_models, onnx_paths, export_checks)
+        served = SEED_SIGNATURE
         if opts.public_variant:
             public = {
                 VERSION_OF[v]: VariantArtifact(v, PRECISION[v], onnx_paths[v], module=torch_models.get(v, fp32))
                 for v in manifest_variants
             }
-            target.compile_public(
+            compiled = target.compile_public(
                 public, VERSION_OF[opts.public_variant], opts.public_model, staging, opts.max_batch_size
             )
+            # What Triton will show: a compiler may name the tensors its own way (Torch-TensorRT's output0).
+            served = Signature.from_config(compiled.config)
         build_seconds = round(time.perf_counter() - started, 1)
-        manifest = _merge_manifest(opts, seed.data.describe(), manifest_variants, build_seconds)
+        manifest = _merge_manifest(opts, seed.data.describe(), manifest_variants, build_seconds, served)
         manifest.write(staging / MANIFEST)
     log(
         f"wrote {len(manifest_variants)} variant(s) + public model {opts.public_model!r} to {opts.repository} "
@@ -366,9 +368,10 @@ def _students(seed: _Seed, fp32: torch.nn.Module, fp32_key: str) -> dict[str, to
 
 
 def _export(
-    seed: _Seed, torch_models: dict[str, torch.nn.Module], art: Path
+    seed: _Seed, torch_models: dict[str, torch.nn.Module], art: Path, quantize_bias: bool = True
 ) -> tuple[dict[str, Path], dict[str, dict]]:
-    """Every PyTorch variant to ONNX (checked against PyTorch), then fp16 and int8 from the fp32 graph."""
+    """Every PyTorch variant to ONNX (checked against PyTorch), then fp16 and int8 from the fp32 graph (int8 in the
+    Q/DQ form the target parses: ``quantize_bias``)."""
     opts, data, log = seed.opts, seed.data, seed.log
     fp32 = torch_models["fp32"]
     onnx_paths: dict[str, Path] = {}
@@ -389,7 +392,9 @@ def _export(
         rng = np.random.default_rng(opts.seed)
         n = min(opts.calibration_size, len(data.x_train))
         calib = data.x_train[rng.permutation(len(data.x_train))[:n]]
-        onnx_paths["int8"] = ox.to_int8(onnx_paths["fp32"], art / "int8.onnx", calib, opts.calibration_method)
+        onnx_paths["int8"] = ox.to_int8(
+            onnx_paths["fp32"], art / "int8.onnx", calib, opts.calibration_method, quantize_bias=quantize_bias
+        )
         export_checks["int8"] = ox.compare(
             predict_logits(fp32, data.x_test), ox.run_onnx(ox.session(onnx_paths["int8"]), data.x_test)
         )
@@ -466,7 +471,11 @@ def _enforce_tolerance(name: str, kind: str, check: dict) -> None:
 
 
 def _merge_manifest(
-    opts: BuildOptions, dataset: dict, variants: dict[str, VariantRecord], build_seconds: float
+    opts: BuildOptions,
+    dataset: dict,
+    variants: dict[str, VariantRecord],
+    build_seconds: float,
+    signature: Signature = SEED_SIGNATURE,
 ) -> Manifest:
     """Keep earlier entries for variants this build did not touch, if they came from the same data."""
     merged = dict(variants)
@@ -489,13 +498,13 @@ def _merge_manifest(
         public_variant=opts.public_variant,
         public_versions={v: VERSION_OF[v] for v in variants},
         input={
-            "name": INPUT_NAME,
+            "name": signature.inputs[0].name,
             "datatype": INPUT_DATATYPE,
             "shape": [-1, *INPUT_SHAPE],
             "range": [0.0, 1.0],
         },
         output={
-            "name": OUTPUT_NAME,
+            "name": signature.outputs[0].name,
             "datatype": INPUT_DATATYPE,
             "shape": [-1, NUM_CLASSES],
             "meaning": "class logits",
@@ -504,5 +513,5 @@ def _merge_manifest(
         options=options_view(opts),
         variants={k: merged[k] for k in VARIANTS if k in merged},
         build_seconds=build_seconds,
-        signature=SEED_SIGNATURE.to_dict(),
+        signature=signature.to_dict(),
     )

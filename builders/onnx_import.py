@@ -170,7 +170,13 @@ def build_imported(
             n = len(calibration)
             log(f"int8: calibrating on {n} samples ({opts.calibration_method}), symmetric per-channel Q/DQ …")
             t = time.perf_counter()
-            paths["int8"] = ox.to_int8(paths["fp32"], art / "int8.onnx", calibration.inputs, opts.calibration_method)
+            paths["int8"] = ox.to_int8(
+                paths["fp32"],
+                art / "int8.onnx",
+                calibration.inputs,
+                opts.calibration_method,
+                quantize_bias=target.int8_quantize_bias,
+            )
             log(f"int8: calibrated and quantized in {time.perf_counter() - t:.1f} s")
 
         outputs = {v: _evaluate(v, paths[v], data, signature, log) for v in variants}

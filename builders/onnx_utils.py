@@ -250,9 +250,15 @@ def to_int8(
     calibration: np.ndarray | dict[str, np.ndarray],
     method: str = "minmax",
     keep_edge_layers_fp32: bool = True,
+    quantize_bias: bool = True,
 ) -> Path:
-    """Static post-training quantization in the form TensorRT accepts: explicit QuantizeLinear/DequantizeLinear
-    pairs, INT8, symmetric (zero-point 0) activations and weights, per-channel weight scales.
+    """Static post-training quantization: explicit QuantizeLinear/DequantizeLinear pairs, INT8, symmetric
+    (zero-point 0) activations and weights, per-channel weight scales.
+
+    ``quantize_bias``: each Conv/Gemm bias as an INT32 initializer behind a DequantizeLinear (scale = input scale ×
+    weight scale), which ONNX Runtime's CPU kernels fold into one QLinearConv. TensorRT's ONNX parser takes only
+    INT8/FP8/INT4/FP4 into a DequantizeLinear, so a target that builds TensorRT plans asks for float biases
+    (``Target.int8_quantize_bias``); TensorRT fuses those itself.
 
     ``calibration`` is samples for every input (one array per input name, samples on axis 0), or one array for a
     model with one input. A failure inside ONNX Runtime's quantizer (an operator it cannot calibrate) is a
@@ -288,7 +294,11 @@ def to_int8(
                 weight_type=QuantType.QInt8,
                 calibrate_method=methods[method],
                 nodes_to_exclude=_edge_layers(pre) if keep_edge_layers_fp32 else [],
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                extra_options={
+                    "ActivationSymmetric": True,
+                    "WeightSymmetric": True,
+                    "QuantizeBias": quantize_bias,
+                },
             )
         except Exception as exc:  # the quantizer raises whatever its operator handlers raise
             first = str(exc).splitlines()[0] if str(exc) else ""

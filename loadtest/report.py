@@ -18,7 +18,7 @@ import numpy as np
 
 from loadtest.run import answers, read_requests
 from tritune import slo
-from tritune.errors import RepositoryError
+from tritune.errors import LoadTestError, RepositoryError
 from tritune.manifest import MANIFEST, Manifest
 
 WINDOW_S = 5.0
@@ -34,7 +34,10 @@ def _png(fig) -> str:
 
 
 def _plt():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise LoadTestError("the report's plots need matplotlib: `pip install '.[serve]'`") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -11,6 +11,7 @@ measure the client, not the server. Spread the users over workers (``--workers N
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import signal
@@ -147,6 +148,8 @@ def locust_command(
     opts: LoadTestOptions, run_dir: Path, data: Path | None, role: str = "local", master_port: int = 0
 ) -> list[str]:
     shape = parse_shape(opts.shape)
+    if importlib.util.find_spec("locust") is None:  # the CPU stack's extra; the GPU builder image leaves it out
+        raise LoadTestError("Locust is not installed here: `pip install '.[serve]'` (or `make install`)")
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
     common = [
         "--host",

@@ -26,7 +26,7 @@ from orchestrator.capacity import CapacityEstimator, CapacityReading
 from orchestrator.cpu import CpuSampler, CpuShare
 from orchestrator.fleet import Fleet, FrontDoorLatency, LatencyWindow, with_end_to_end
 from orchestrator.metrics import Snapshot, Window, parse_metrics, window
-from orchestrator.nvml import NvmlReader, guard_inputs
+from orchestrator.nvml import NvmlReader, describe_notes, guard_inputs
 from orchestrator.policy import (
     Action,
     Context,
@@ -194,6 +194,7 @@ class Orchestrator:
             pid = options.server_pids[0] if options.server_pids else None
             self._cpu = CpuSampler(metrics_port=metrics_at.port, pid=pid)
         self._nvml: NvmlReader | None = None
+        self._nvml_notes = "ok"
         if ctx.kind == "gpu":
             self._nvml, reason = NvmlReader.open()
             if self._nvml is None:
@@ -393,10 +394,15 @@ class Orchestrator:
         if self._nvml is None or self.current is None:
             return w
         try:
-            est = guard_inputs(self._nvml.read(self.options.server_pids), self.current.instances)
+            readings = self._nvml.read(self.options.server_pids)
+            est = guard_inputs(readings, self.current.instances)
         except (self._nvml._nvml.NVMLError, ValueError) as exc:
             self.log("nvml-read-failed", error=str(exc))
             return w
+        notes = describe_notes(readings)
+        if notes != "ok" and notes != self._nvml_notes:  # what NVML cannot give here, said when it changes
+            self._nvml_notes = notes
+            self.log("nvml-partial", missing=notes)
         free = [x for x in (w.gpu_memory_free_bytes, est.gpu_memory_free_bytes) if x is not None]
         w = replace(w, gpu_memory_free_bytes=min(free) if free else None)
         last = self.state.guard.last_action_s
@@ -451,6 +457,8 @@ class Orchestrator:
             "window": w.summary(),
             "apply_s": round(result.seconds, 3),
         }
+        if result.config is not None and result.config.cuda_graphs:  # TensorRT plans: which batches run on graphs
+            record["cuda_graph_batch_sizes"] = list(result.config.cuda_graph_batch_sizes)
         if result.ok:
             self.current = decision.config
             if decision.action == "reapply":

@@ -12,8 +12,9 @@ import contextlib
 from collections.abc import Collection
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
-__all__ = ["GpuReading", "GuardInputs", "NvmlReader", "guard_inputs", "read_gpus"]
+__all__ = ["GpuReading", "GuardInputs", "NvmlReader", "describe_notes", "guard_inputs", "read_gpus"]
 
 
 @dataclass(frozen=True)
@@ -21,12 +22,14 @@ class GpuReading:
     index: int
     name: str
     uuid: str
-    utilization: float  # 0..1, share of the last sample period a kernel ran
+    utilization: float | None  # 0..1, share of the last sample period a kernel ran; None where NVML cannot tell (MIG)
     memory_used_bytes: int
     memory_total_bytes: int
-    # Memory of the server's processes on this GPU; with no PID given, of every compute process on it. None when
-    # the driver does not tell (e.g. no permission).
+    # Memory of the server's processes on this GPU (the PIDs given), else of its largest compute process (see
+    # NvmlReader.read). None when the driver does not tell (e.g. no permission) or the server is not on this GPU.
     process_memory_bytes: int | None = None
+    # What could not be read, in words, e.g. "utilization: not supported on a MIG instance".
+    notes: tuple[str, ...] = ()
 
     @property
     def memory_free_bytes(self) -> int:
@@ -40,7 +43,7 @@ class GuardInputs:
 
     gpu_memory_free_bytes: float
     gpu_memory_per_instance_bytes: float | None  # None: unknown (no process memory or no instance yet)
-    gpu_utilization: float
+    gpu_utilization: float | None  # None: no GPU of the group reports it (MIG instances)
 
 
 class NvmlReader:
@@ -73,38 +76,99 @@ class NvmlReader:
         self.close()
 
     def read(self, pids: Collection[int] | None = None) -> tuple[GpuReading, ...]:
-        """Every visible GPU. ``pids``: the server's processes (tritonserver and any backend stubs); None counts every
-        compute process on the GPU, right for a GPU dedicated to Triton and for containers, where NVML reports PIDs
-        of the host's namespace."""
+        """Every visible GPU, or on a GPU in MIG mode every MIG instance this process may see (each its own memory;
+        NVML has no utilization for them). A field NVML cannot give is None with a note; the rest is kept.
+
+        ``pids``: the server's processes (tritonserver and any backend stubs), whose memory is added up on each GPU.
+        Where none of them is on any GPU, NVML is reporting PIDs of another PID namespace (the orchestrator in its
+        own container: nvidia-docker#1483), and where no PIDs are given, each GPU's largest compute process stands
+        for one server. Adding up every process instead would count every replica sharing the GPU
+        (``--scale triton=2``) as this server's memory and overestimate it by as many times.
+        """
         n = self._nvml
-        readings = []
+        devices: list[tuple[int, Any, tuple[str, ...]]] = []
         for index in range(n.nvmlDeviceGetCount()):
             handle = n.nvmlDeviceGetHandleByIndex(index)
+            migs = self._mig_devices(handle)
+            devices += [(index, mig, ("utilization: not reported for a MIG instance",)) for mig in migs] or [
+                (index, handle, ())
+            ]
+        procs = [self._processes(handle) for _, handle, _ in devices]
+        wanted = set(pids) if pids is not None else None
+        if wanted is not None and not any(p.pid in wanted for ps in procs if ps for p in ps):
+            seen = any(ps for ps in procs)
+            wanted = None
+            scope = (
+                "process memory: the server's PIDs are not among NVML's (another PID namespace); its largest process"
+                if seen
+                else None
+            )
+        else:
+            scope = None
+        readings = []
+        for (index, handle, notes), ps in zip(devices, procs, strict=True):
             memory = n.nvmlDeviceGetMemoryInfo(handle)
+            utilization, note = self._utilization(handle)
+            notes = notes or ((note,) if note else ())
+            memory_of, why = _process_memory(ps, wanted)
+            notes += tuple(x for x in (scope if ps else None, why) if x)
             readings.append(
                 GpuReading(
                     index=index,
                     name=_text(n.nvmlDeviceGetName(handle)),
                     uuid=_text(n.nvmlDeviceGetUUID(handle)),
-                    utilization=n.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0,
+                    utilization=utilization,
                     memory_used_bytes=int(memory.used),
                     memory_total_bytes=int(memory.total),
-                    process_memory_bytes=self._process_memory(handle, pids),
+                    process_memory_bytes=memory_of,
+                    notes=notes,
                 )
             )
         return tuple(readings)
 
-    def _process_memory(self, handle, pids: Collection[int] | None) -> int | None:
+    def _mig_devices(self, handle) -> list[Any]:
+        """The MIG instances of a GPU in MIG mode that NVML lets this process see; [] for a GPU not in MIG mode."""
         n = self._nvml
         try:
-            procs = n.nvmlDeviceGetComputeRunningProcesses(handle)
+            current, _pending = n.nvmlDeviceGetMigMode(handle)
+        except (n.NVMLError, AttributeError):  # no MIG support on this GPU or in these bindings
+            return []
+        if current != getattr(n, "NVML_DEVICE_MIG_ENABLE", 1):
+            return []
+        found = []
+        for i in range(n.nvmlDeviceGetMaxMigDeviceCount(handle)):
+            try:
+                found.append(n.nvmlDeviceGetMigDeviceHandleByIndex(handle, i))
+            except n.NVMLError:  # an empty slot, or one another container owns
+                continue
+        return found
+
+    def _utilization(self, handle) -> tuple[float | None, str | None]:
+        n = self._nvml
+        try:
+            return n.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0, None
+        except n.NVMLError as exc:  # NotSupported on MIG and some vGPU profiles
+            return None, f"utilization: {exc}"
+
+    def _processes(self, handle) -> list[Any] | None:
+        n = self._nvml
+        try:
+            return list(n.nvmlDeviceGetComputeRunningProcesses(handle))
         except n.NVMLError:
             return None
-        mine = [p for p in procs if pids is None or p.pid in pids]
-        used = [getattr(p, "usedGpuMemory", None) for p in mine]
-        if not mine or any(u is None for u in used):  # NVML reports None where it may not tell
-            return None
-        return int(sum(used))
+
+
+def _process_memory(procs: list[Any] | None, pids: Collection[int] | None) -> tuple[int | None, str | None]:
+    """The server's memory on one GPU: its processes' sum, or with ``pids`` None the largest process's."""
+    if procs is None:
+        return None, "process memory: NVML does not list this GPU's processes"
+    mine = [p for p in procs if pids is None or p.pid in pids]
+    used = [getattr(p, "usedGpuMemory", None) for p in mine]
+    if any(u is None for u in used):  # NVML reports None where it may not tell
+        return None, "process memory: not permitted to read it"
+    if not used:
+        return None, None
+    return int(sum(used) if pids is not None else max(used)), None
 
 
 def read_gpus(
@@ -121,7 +185,13 @@ def read_gpus(
             return None, f"NVML read failed ({exc}); GPU memory comes from Triton's metrics only"
     if not readings:
         return None, "NVML sees no GPU; GPU memory comes from Triton's metrics only"
-    return readings, "ok"
+    return readings, describe_notes(readings)
+
+
+def describe_notes(readings: tuple[GpuReading, ...]) -> str:
+    """``ok``, or what NVML could not give, once per kind (``GPU 0: utilization: …``)."""
+    notes = dict.fromkeys(f"GPU {r.index}: {note}" for r in readings for note in r.notes)
+    return "; ".join(notes) if notes else "ok"
 
 
 def guard_inputs(
@@ -142,7 +212,8 @@ def guard_inputs(
     per_instance = None
     if instances >= 1 and all(p is not None and p > 0 for p in process):
         per_instance = float(max(p for p in process if p is not None)) / instances
-    return GuardInputs(free, per_instance, max(r.utilization for r in chosen))
+    known = [r.utilization for r in chosen if r.utilization is not None]
+    return GuardInputs(free, per_instance, max(known) if known else None)
 
 
 def _text(value: str | bytes) -> str:

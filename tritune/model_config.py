@@ -163,6 +163,23 @@ class ModelConfig:
     def instance_count(self) -> int:
         return sum(g.count for g in self.instance_group) or 1
 
+    @property
+    def cuda_graph_batch_sizes(self) -> tuple[int, ...]:
+        """The batch sizes Triton's TensorRT backend captures CUDA graphs for, with ``graphs: true`` and no
+        ``graph_spec`` (tensorrt_backend ``InitializeGraphSpecs``): 1, the preferred batch sizes and max_batch_size
+        under dynamic batching; 1, 2, 3, 4, 6, 8, 12, 16 and max_batch_size without it. A batch of another size (the
+        dynamic batcher sends whatever is pending when the queue delay runs out) runs without a graph. Each reload
+        recomputes them from the config loaded, so they follow the orchestrator's preferred sizes."""
+        if not self.cuda_graphs:
+            return ()
+        if self.max_batch_size == 0:
+            return (0,)
+        if self.dynamic_batching is not None:
+            sizes = {1, *self.dynamic_batching.preferred_batch_size}
+        else:
+            sizes = {1, 2, 3, 4, 6, 8, 12, 16}
+        return tuple(sorted(b for b in sizes | {self.max_batch_size} if b <= self.max_batch_size))
+
     def with_instances(self, count: int, kind: str | None = None) -> ModelConfig:
         kind = kind or (self.instance_group[0].kind if self.instance_group else "KIND_CPU")
         return replace(self, instance_group=(InstanceGroup(count=count, kind=kind),))

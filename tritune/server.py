@@ -88,7 +88,9 @@ def find_tritonserver(explicit: str | Path | None = None) -> Path:
     found = shutil.which("tritonserver")
     if found:
         return Path(found)
-    raise ServerError("no tritonserver found; `pip install nvidia-pytriton==0.7.0` or pass --tritonserver PATH")
+    raise ServerError(
+        "no tritonserver found; `pip install '.[serve]'` (nvidia-pytriton 0.7.0) or pass --tritonserver PATH"
+    )
 
 
 def python_backend_dir(cache_dir: Path) -> Path:
@@ -96,7 +98,9 @@ def python_backend_dir(cache_dir: Path) -> Path:
     root = _pytriton_root()
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     if root is None:
-        raise ServerError("the Python backend comes from nvidia-pytriton; `pip install nvidia-pytriton==0.7.0`")
+        raise ServerError(
+            "the Python backend comes from nvidia-pytriton; `pip install '.[serve]'` (nvidia-pytriton 0.7.0)"
+        )
     stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
         raise ServerError(f"nvidia-pytriton has no Python backend stub for Python {version}; use Python 3.8-3.13")

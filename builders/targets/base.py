@@ -35,6 +35,9 @@ class CompiledModel:
 class Target(Protocol):
     name: str
     backend_description: str
+    # How the int8 variant's Q/DQ ONNX quantizes biases (builders.onnx_utils.to_int8): the form this target's
+    # compiler parses. The manifest's int8 accuracy is measured on that same ONNX.
+    int8_quantize_bias: bool
 
     def check_available(self) -> None:
         """Raise TargetUnavailableError, saying what to install, when the toolchain is missing."""

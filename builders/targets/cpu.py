@@ -47,6 +47,8 @@ def cpu_model_config(
 class CpuTarget:
     name = "cpu"
     backend_description = "Triton Python backend + ONNX Runtime (CPUExecutionProvider)"
+    # ONNX Runtime folds an INT32 bias behind its DequantizeLinear into one QLinearConv / QGemm kernel.
+    int8_quantize_bias = True
 
     def check_available(self) -> None:
         if not MODEL_PY.is_file():

@@ -9,8 +9,9 @@ Two compilers make the plan:
 * ``torch-tensorrt`` compiles the PyTorch module (``torch.export`` → ``convert_exported_program_to_serialized_
   trt_engine``). It needs :attr:`VariantArtifact.module`, which ``tritune build`` fills in; an artifact with only
   an ONNX file cannot use it. INT8 is not offered there (it would need a ModelOpt-quantized module). Torch-TensorRT
-  names the engine's output ``output0`` (and the input after ``forward``'s argument, which we make ``input``), so
-  its plans do not keep the ``logits`` output name of the ONNX path; the config follows the engine.
+  names the engine's outputs ``output0``… (and the input after ``forward``'s argument, which we make ``input``), so
+  its plans do not keep the output names of the ONNX path: the model's config and the manifest's signature are
+  read from the engine (:func:`engine_io`), and clients read them from Triton.
 
 Either way the batch dimension is dynamic through one optimization profile (min 1, opt, max = max_batch_size), the
 timing cache is kept per GPU model and TensorRT version, and ``<version>/model.plan.json`` records what built the
@@ -37,8 +38,6 @@ from typing import Any
 
 from torch import nn
 
-# The GPU target takes the seed CNN's interface so far (docs/models.md says so).
-from builders.models import INPUT_NAME, INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME
 from builders.onnx_utils import MAX_EXPORT_BATCH
 from builders.targets.base import CompiledModel, VariantArtifact
 from tritune.errors import (
@@ -57,13 +56,36 @@ PLAN_FILE = "model.plan"  # Triton's default file name for tensorrt_plan
 RECORD_FILE = "model.plan.json"
 PLATFORM = "tensorrt_plan"
 SERVING_VERSION_ENV = "TRITUNE_SERVING_TENSORRT_VERSION"
+SERVING_IMAGE_ENV = "TRITUNE_SERVING_IMAGE"
+# The -py3 Triton image of a YY.MM carries that release's TensorRT (TRITON_TENSORRT_VERSION in .env, from NVIDIA's
+# frameworks support matrix). The -trtllm-python-py3 flavour follows TensorRT-LLM's own TensorRT and often lags it;
+# these are its TensorRT versions by YY.MM, from Triton's compatibility table (docs/introduction/compatibility.md of
+# triton-inference-server/server). A plan built in nvcr.io/nvidia/pytorch:25.06-py3 (10.11) does not load there.
+TRTLLM_IMAGE_TENSORRT = {
+    "25.01": "10.8.0.43",
+    "25.02": "10.8.0.43",
+    "25.03": "10.9.0.34",
+    "25.04": "10.9.0.34",
+    "25.05": "10.9.0.34",
+    "25.06": "10.10.0.31",
+    "25.07": "10.10.0.31",
+    "25.08": "10.11.0.33",
+    "25.09": "10.11.0.33",
+    "25.10": "10.11.0.33",
+    "25.11": "10.13.3.9",
+    "25.12": "10.13.3.9",
+    "26.01": "10.13.3.9",
+    "26.02": "10.13.3.9",
+    "26.03": "10.14.1.48",
+    "26.04": "10.14.1.48",
+    "26.05": "10.14.1.48",
+    "26.06": "10.14.1.48",
+    "26.07": "10.14.1.48",
+}
 INSTALL_HINT = (
     "run the gpu target inside nvcr.io/nvidia/pytorch:YY.MM-py3 with the Triton image's YY.MM "
     "(TRITON_IMAGE_TAG in .env) and `pip install '.[gpu]'` there, or use `docker compose --profile gpu up builder`"
 )
-INPUT_DIMS = INPUT_SHAPE
-DEFAULT_INPUTS = (TensorSpec(INPUT_NAME, "TYPE_FP32", INPUT_DIMS),)
-DEFAULT_OUTPUTS = (TensorSpec(OUTPUT_NAME, "TYPE_FP32", (NUM_CLASSES,)),)
 # A GPU instance is wasted on single images, so plans start with dynamic batching on. The sizes are the ones the
 # orchestrator's batching rung prefers on GPUs (RulePolicy.preferred_batch_sizes); the delay, 0.5 ms, is half that
 # rung's 1 ms, so a light load pays little for batching before the orchestrator retunes both from here.
@@ -165,6 +187,63 @@ def shape_profiles(
             lo, mid, hi = (tuple(DEFAULT_DYNAMIC_RANGE[k] if d < 0 else d for d in t.shape) for k in range(3))
         profiles[t.name] = ShapeProfile((batch.min, *lo), (batch.opt, *mid), (batch.max, *hi))
     return profiles
+
+
+# What TensorRT's ONNX parser takes into Q/DQ nodes (onnx-tensorrt docs/operators.md, TensorRT 10: QuantizeLinear
+# "FP32, FP16, BF16", DequantizeLinear "INT8, FP8, FP4, INT4", both "zero_point must be zero"). A DequantizeLinear
+# of INT32 (ONNX Runtime's quantized bias) fails with "only activation types allowed as input to this layer".
+QUANTIZE_INPUT_TYPES = frozenset({"FLOAT", "FLOAT16", "BFLOAT16"})
+DEQUANTIZE_INPUT_TYPES = frozenset({"INT8", "FLOAT8E4M3FN", "FLOAT4E2M1", "INT4"})
+SCALE_TYPES = QUANTIZE_INPUT_TYPES
+
+
+def check_qdq_for_tensorrt(model: Any) -> int:
+    """Refuse, naming the node, a Q/DQ graph TensorRT's parser would reject: a QuantizeLinear of a non-float input,
+    a DequantizeLinear of anything but INT8/FP8/FP4/INT4, a scale that is not a float, or a nonzero zero-point
+    (TensorRT quantizes symmetrically only). ``model``: a path or ``onnx.ModelProto``. Returns the Q/DQ nodes
+    checked."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(model)) if not isinstance(model, onnx.ModelProto) else model
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    graph = inferred.graph
+    types = {i.name: i.data_type for i in graph.initializer}
+    for info in (*graph.input, *graph.value_info, *graph.output):
+        if info.type.HasField("tensor_type"):
+            types.setdefault(info.name, info.type.tensor_type.elem_type)
+    for node in graph.node:  # Constant nodes hold scales and zero-points in some exports
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
+            types.setdefault(node.output[0], node.attribute[0].t.data_type)
+    consts = {i.name: i for i in graph.initializer}
+
+    def type_name(tensor: str) -> str:
+        code = types.get(tensor)
+        return onnx.TensorProto.DataType.Name(code) if code else "unknown"
+
+    checked = 0
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        checked += 1
+        where = f"{node.op_type} {node.name or node.output[0]!r}"
+        allowed = QUANTIZE_INPUT_TYPES if node.op_type == "QuantizeLinear" else DEQUANTIZE_INPUT_TYPES
+        if type_name(node.input[0]) not in allowed:
+            bias = " (a quantized bias: build int8 with float biases, as `tritune build --target gpu` does)"
+            raise BuildError(
+                f"TensorRT's ONNX parser rejects {where}: its input is {type_name(node.input[0])}, TensorRT takes "
+                f"{', '.join(sorted(allowed))}{bias if type_name(node.input[0]) == 'INT32' else ''}"
+            )
+        if len(node.input) > 1 and type_name(node.input[1]) not in SCALE_TYPES:
+            raise BuildError(f"TensorRT's ONNX parser rejects {where}: its scale is {type_name(node.input[1])}")
+        if len(node.input) > 2 and node.input[2]:
+            zero = consts.get(node.input[2])
+            if zero is not None and numpy_helper.to_array(zero).any():
+                raise BuildError(
+                    f"TensorRT's ONNX parser rejects {where}: a nonzero zero-point (TensorRT quantizes symmetrically "
+                    "only); quantize with symmetric activations and weights"
+                )
+    return checked
 
 
 @dataclass(frozen=True)
@@ -299,10 +378,11 @@ def plan_model_config(
     *,
     tensorrt_version: str,
     compiler: str = "tensorrt",
-    inputs: tuple[TensorSpec, ...] = DEFAULT_INPUTS,
-    outputs: tuple[TensorSpec, ...] = DEFAULT_OUTPUTS,
+    inputs: tuple[TensorSpec, ...],
+    outputs: tuple[TensorSpec, ...],
 ) -> ModelConfig:
-    """The serving config of a plan: one GPU instance, dynamic batching with a bounded queue, CUDA graphs."""
+    """The serving config of a plan: one GPU instance, dynamic batching with a bounded queue, CUDA graphs. The
+    tensors are the plan's own (:func:`engine_io`), whichever compiler named them."""
     return ModelConfig(
         name=model_name,
         platform=PLATFORM,
@@ -338,14 +418,45 @@ def public_config(live_config: ModelConfig, live: int, versions: Mapping[int, Va
 
 
 # -- deploy-time check -------------------------------------------------------------------------------------------------
+def image_tensorrt(image: str, py3_tensorrt_version: str) -> str:
+    """The TensorRT a Triton image serves plans with: ``py3_tensorrt_version`` (``TRITON_TENSORRT_VERSION``) for the
+    ``-py3`` flavour, Triton's compatibility table for ``-trtllm-python-py3``; any other flavour is refused."""
+    m = re.fullmatch(r"(?:[^\s]*/)?tritonserver:(\d{2}\.\d{2})-([a-z0-9-]+)", image.strip())
+    if m is None:
+        raise ConfigError(
+            f"{image!r} is not an NGC Triton image like nvcr.io/nvidia/tritonserver:25.06-py3; fix {SERVING_IMAGE_ENV}"
+        )
+    tag, flavour = m.groups()
+    if flavour == "py3":
+        return py3_tensorrt_version
+    if flavour == "trtllm-python-py3":
+        if tag not in TRTLLM_IMAGE_TENSORRT:
+            raise ConfigError(
+                f"the TensorRT of {image} is not in tritune's copy of Triton's compatibility table; serve the plans "
+                f"with nvcr.io/nvidia/tritonserver:{tag}-py3 (TRITON_IMAGE_FLAVOUR=py3 in .env)"
+            )
+        return TRTLLM_IMAGE_TENSORRT[tag]
+    raise PlanMismatchError(
+        f"{image}: tritune serves TensorRT plans on the -py3 and -trtllm-python-py3 flavours, whose TensorRT it "
+        f"knows; use nvcr.io/nvidia/tritonserver:{tag}-py3 (TRITON_IMAGE_FLAVOUR=py3 in .env)"
+    )
+
+
 def check_plan_record(
     record: PlanRecord,
     serving_tensorrt_version: str,
     serving_compute_capability: str | None = None,
     where: str = "plan",
+    serving_image: str | None = None,
 ) -> None:
     """Raise :class:`PlanMismatchError` unless the serving TensorRT (and GPU, when known) can load the plan."""
     if tensorrt_release(record.tensorrt_version) != tensorrt_release(serving_tensorrt_version):
+        if serving_image and not re.search(r":\d{2}\.\d{2}-py3$", serving_image):  # a flavour of its own TensorRT
+            raise PlanMismatchError(
+                f"{where} was built with TensorRT {record.tensorrt_version} but {serving_image} serves with TensorRT "
+                f"{serving_tensorrt_version} (Triton's compatibility table); serve it with the -py3 flavour "
+                "(TRITON_IMAGE_FLAVOUR=py3 in .env), or build in an NGC PyTorch image with that TensorRT"
+            )
         raise PlanMismatchError(
             f"{where} was built with TensorRT {record.tensorrt_version} but Triton serves with TensorRT "
             f"{serving_tensorrt_version}; rebuild it in nvcr.io/nvidia/pytorch of the Triton image's YY.MM "
@@ -363,8 +474,10 @@ def check_plans(
     serving_tensorrt_version: str | None = None,
     serving_compute_capability: str | None = None,
     environ: Mapping[str, str] | None = None,
+    serving_image: str | None = None,
 ) -> list[tuple[Path, PlanRecord]]:
-    """Check every ``model.plan`` in a repository against the serving TensorRT; returns (plan, record) pairs."""
+    """Check every ``model.plan`` in a repository against the serving TensorRT (the image's, when the image is
+    named: its flavour may carry another TensorRT than its YY.MM's -py3); returns (plan, record) pairs."""
     environ = os.environ if environ is None else environ
     serving = serving_tensorrt_version or environ.get(SERVING_VERSION_ENV, "")
     if not serving:
@@ -372,6 +485,9 @@ def check_plans(
             f"the serving image's TensorRT version is unknown; set {SERVING_VERSION_ENV} "
             "(compose sets it from TRITON_TENSORRT_VERSION in .env)"
         )
+    serving_image = serving_image or environ.get(SERVING_IMAGE_ENV) or None
+    if serving_image:
+        serving = image_tensorrt(serving_image, serving)
     repository = Path(repository)
     plans = sorted(repository.glob(f"*/[0-9]*/{PLAN_FILE}"))
     if not plans:
@@ -382,7 +498,7 @@ def check_plans(
         record = PlanRecord.read(plan.with_name(RECORD_FILE))
         if _sha256(plan) != record.plan_sha256:
             raise PlanMismatchError(f"{where} changed after it was built; rebuild with `tritune build --target gpu`")
-        check_plan_record(record, serving, serving_compute_capability, where)
+        check_plan_record(record, serving, serving_compute_capability, where, serving_image)
         checked.append((plan, record))
     return checked
 
@@ -420,6 +536,8 @@ class TensorRTTarget:
     name = "gpu"
     compilers = COMPILERS
     backend_description = "Triton TensorRT backend (tensorrt_plan)"
+    # TensorRT's parser takes no INT32 into a DequantizeLinear: int8's biases stay float (check_qdq_for_tensorrt).
+    int8_quantize_bias = False
 
     def __init__(
         self,
@@ -466,11 +584,15 @@ class TensorRTTarget:
                 "GPU with its driver: run it there, e.g. `docker compose --profile gpu up builder`"
             )
         serving = self._environ.get(SERVING_VERSION_ENV)
+        image = self._environ.get(SERVING_IMAGE_ENV)
+        if serving and image:
+            serving = image_tensorrt(image, serving)
         if serving and tensorrt_release(version) != tensorrt_release(serving):
             # Fail before hours of training, not at deployment.
             raise PlanMismatchError(
-                f"this builder has TensorRT {version} but Triton will serve with {serving} ({SERVING_VERSION_ENV}); "
-                "build in nvcr.io/nvidia/pytorch of the Triton image's YY.MM (TRITON_IMAGE_TAG in .env)"
+                f"this builder has TensorRT {version} but Triton will serve with {serving} "
+                f"({image or SERVING_VERSION_ENV}); build in nvcr.io/nvidia/pytorch of the Triton image's YY.MM "
+                "(TRITON_IMAGE_TAG in .env) and serve the -py3 flavour"
             )
         index = torch.cuda.current_device()
         major, minor = torch.cuda.get_device_capability(index)
@@ -535,6 +657,8 @@ class TensorRTTarget:
             shutil.copyfile(done / PLAN_FILE, version_dir / PLAN_FILE)
             shutil.copyfile(done / RECORD_FILE, version_dir / RECORD_FILE)
             return PlanRecord.read(version_dir / RECORD_FILE)
+        if self.compiler == "tensorrt" and artifact.precision == "int8":
+            check_qdq_for_tensorrt(artifact.onnx_path)  # before TensorRT: a clear line instead of a parser dump
         version, device = self._ready()
         cache = timing_cache_path(self.cache_dir, device.name, device.compute_capability, version)
         if self.compiler == "tensorrt":
@@ -543,7 +667,7 @@ class TensorRTTarget:
             plan = build_onnx_plan(artifact.onnx_path, settings, shapes, cache)
         else:
             settings = PlanSettings(strongly_typed=True, builder_flags=())  # use_explicit_typing
-            plan = build_torch_tensorrt_plan(artifact, profile, cache)
+            plan = build_torch_tensorrt_plan(artifact, profile, cache, self.shape_overrides)
         inputs, outputs = engine_io(plan)
         (version_dir / PLAN_FILE).write_bytes(plan)
         record = PlanRecord(
@@ -613,19 +737,53 @@ def build_onnx_plan(
     config.add_optimization_profile(opt_profile)
     for flag in settings.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
-    cache = _load_timing_cache(config, timing_cache)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    cached = _load_timing_cache(config, timing_cache)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BuildError(
             f"TensorRT could not build {Path(onnx_path).name} ({settings.describe()}); see the TensorRT log above"
         )
-    _save_timing_cache(config.get_timing_cache(), timing_cache)
+    if cached:
+        _save_timing_cache(config, timing_cache)
     return bytes(memoryview(serialized))
 
 
-def build_torch_tensorrt_plan(artifact: VariantArtifact, profile: BatchProfile, timing_cache: Path) -> bytes:
-    """Serialize a TensorRT engine from the variant's PyTorch module with Torch-TensorRT (strongly typed)."""
+TORCH_DTYPES = {"FP32": "float32", "FP16": "float16", "INT64": "int64", "INT32": "int32", "BOOL": "bool"}
+
+
+def torch_tensorrt_input(signature: Signature, profile: BatchProfile, overrides=None) -> tuple[str, ShapeProfile]:
+    """The one input Torch-TensorRT compiles here, its name and min / opt / max shapes, from the variant's ONNX
+    signature (not a constant): :class:`ServingModule` takes one tensor."""
+    if len(signature.inputs) != 1:
+        raise BuildError(
+            f"--compiler torch-tensorrt compiles one-input modules here; this one takes {signature.describe()}: use "
+            "--compiler tensorrt (the ONNX parser takes any number of inputs)"
+        )
+    if profile.max < 2:
+        # torch.export specializes a dimension whose example size is 1, so a batch range of 1..1 cannot stay
+        # dynamic, and the plan must have a dynamic batch dimension for Triton's max_batch_size.
+        raise BuildError(
+            "--compiler torch-tensorrt needs --max-batch-size of at least 2 (torch.export fixes a batch of 1); "
+            "use --compiler tensorrt for --max-batch-size 1"
+        )
+    tensor = signature.inputs[0]
+    if tensor.datatype not in TORCH_DTYPES:
+        raise BuildError(f"--compiler torch-tensorrt does not take a {tensor.datatype} input; use --compiler tensorrt")
+    return tensor.name, shape_profiles(signature, profile, overrides)[tensor.name]
+
+
+def example_batch(profile: BatchProfile) -> int:
+    """The example tensor's batch for torch.export: at least 2 (1 would be specialized) and within min..max, or the
+    export refuses its own example."""
+    return min(max(2, profile.opt), profile.max)
+
+
+def build_torch_tensorrt_plan(
+    artifact: VariantArtifact, profile: BatchProfile, timing_cache: Path, overrides=None
+) -> bytes:
+    """Serialize a TensorRT engine from the variant's PyTorch module with Torch-TensorRT (strongly typed). The
+    engine's tensor names are Torch-TensorRT's (the input after ``forward``'s argument, outputs ``output0``…):
+    :func:`engine_io` reads them back into the model's config and the manifest's signature."""
     if artifact.module is None:
         raise BuildError(
             f"{artifact.variant}: --compiler torch-tensorrt compiles the PyTorch module and this artifact has only "
@@ -636,34 +794,68 @@ def build_torch_tensorrt_plan(artifact: VariantArtifact, profile: BatchProfile, 
             "--compiler torch-tensorrt builds fp32 and fp16 variants; int8 comes from its Q/DQ ONNX: use "
             "--compiler tensorrt, or leave int8 out of --variants"
         )
+    signature = Signature.from_onnx(artifact.onnx_path)
+    _name, shapes = torch_tensorrt_input(signature, profile, overrides)
+    # A copy: the build later measures the original module on the CPU.
+    module = ServingModule(copy.deepcopy(artifact.module), half=artifact.precision == "fp16")
+    exported, dtype = export_serving_module(module, signature.inputs[0].datatype, shapes, profile, artifact.variant)
+    return convert_to_plan(exported, shapes, dtype, timing_cache, artifact.variant)
+
+
+def export_serving_module(
+    module: nn.Module, datatype: str, shapes: ShapeProfile, profile: BatchProfile, variant: str, device: str = "cuda"
+):
+    """``torch.export`` of the serving module with a dynamic batch dimension (min..max of the profile), from an
+    example of :func:`example_batch` rows; returns the exported program and the input's torch dtype."""
     import torch
+
+    dtype = getattr(torch, TORCH_DTYPES[datatype])
+    module = module.eval().to(device)
+    example_shape = (example_batch(profile), *shapes.opt[1:])
+    example = (
+        torch.rand(example_shape, device=device).to(dtype)
+        if dtype.is_floating_point
+        else torch.ones(example_shape, dtype=dtype, device=device)
+    )
+    batch = torch.export.Dim("batch", min=profile.min, max=profile.max)
+    try:
+        with torch.no_grad():
+            return torch.export.export(module, (example,), dynamic_shapes=({0: batch},)), dtype
+    except Exception as exc:  # torch.export raises many kinds (UserError, ConstraintViolationError, …)
+        raise BuildError(
+            f"{variant}: torch.export could not export the module with a dynamic batch "
+            f"({type(exc).__name__}: {_first_line(exc)}); use --compiler tensorrt"
+        ) from exc
+
+
+def convert_to_plan(exported, shapes: ShapeProfile, dtype, timing_cache: Path, variant: str) -> bytes:
+    """Torch-TensorRT's conversion of an exported program to a serialized engine, its failure as one BuildError."""
     import torch_tensorrt
 
-    # A copy: the build later measures the original module on the CPU.
-    module = ServingModule(copy.deepcopy(artifact.module), half=artifact.precision == "fp16").eval().cuda()
-    shape = (profile.opt, *INPUT_DIMS)
-    batch = torch.export.Dim("batch", min=profile.min, max=profile.max)
-    with torch.no_grad():
-        exported = torch.export.export(
-            module, (torch.rand(max(2, profile.opt), *INPUT_DIMS, device="cuda"),), dynamic_shapes=({0: batch},)
-        )
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
-    serialized = torch_tensorrt.dynamo.convert_exported_program_to_serialized_trt_engine(
-        exported,
-        inputs=[
-            torch_tensorrt.Input(
-                min_shape=(profile.min, *INPUT_DIMS),
-                opt_shape=shape,
-                max_shape=(profile.max, *INPUT_DIMS),
-                dtype=torch.float32,
-            )
-        ],
-        use_explicit_typing=True,
-        require_full_compilation=True,
-        min_block_size=1,
-        timing_cache_path=str(timing_cache),
-    )
+    try:
+        serialized = torch_tensorrt.dynamo.convert_exported_program_to_serialized_trt_engine(
+            exported,
+            inputs=[
+                torch_tensorrt.Input(min_shape=shapes.min, opt_shape=shapes.opt, max_shape=shapes.max, dtype=dtype)
+            ],
+            use_explicit_typing=True,
+            require_full_compilation=True,
+            min_block_size=1,
+            timing_cache_path=str(timing_cache),
+        )
+    except Exception as exc:
+        # Torch-TensorRT logs a converter's failure and then reads a variable the failure never set, so what reaches
+        # here is often an UnboundLocalError ('interpreter_result'); the converter's own error is in its log.
+        raise BuildError(
+            f"{variant}: Torch-TensorRT could not convert the module ({type(exc).__name__}: {_first_line(exc)}); "
+            "the converter's error is in the log above: build with --compiler tensorrt"
+        ) from exc
     return bytes(serialized)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
 
 
 def engine_io(plan: bytes) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
@@ -689,20 +881,51 @@ def engine_io(plan: bytes) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ..
     return tuple(inputs), tuple(outputs)
 
 
-def _load_timing_cache(config, path: Path):
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _load_timing_cache(config, path: Path) -> bool:
+    """Give ``config`` the timing cache kept at ``path``, or a new one; False when the build goes without one.
+
+    As TensorRT defines them: ``create_timing_cache`` returns None (it does not raise) for a blob it cannot read,
+    a truncated or corrupt file or one of another TensorRT release, and ``set_timing_cache`` returns False when the
+    cache was made on another device and ``ignore_mismatch`` is False. Either way the build starts a new cache
+    instead of failing: the cache only saves build time.
+    """
     data = path.read_bytes() if path.is_file() else b""
-    try:
-        return config.create_timing_cache(data)
-    except Exception:  # a truncated or foreign file: start afresh rather than fail the build
-        return config.create_timing_cache(b"")
+    if data:
+        try:
+            cache = config.create_timing_cache(data)
+        except Exception:  # documented to return None; older bindings raised instead (as Polygraphy guards)
+            cache = None
+        if cache is None:
+            _warn(f"timing cache {path} is truncated or from another TensorRT release; starting a new one")
+        elif config.set_timing_cache(cache, ignore_mismatch=False):
+            return True
+        else:
+            _warn(f"timing cache {path} was made on another GPU; starting a new one")
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        _warn("TensorRT could not start a timing cache; building without one (builds take longer)")
+        return False
+    return True
 
 
-def _save_timing_cache(cache, path: Path) -> None:
+def _save_timing_cache(config, path: Path) -> bool:
+    """Write the config's timing cache over ``path`` atomically; False (said once) when there is none to write."""
+    cache = config.get_timing_cache()
+    blob = cache.serialize() if cache is not None else None
+    data = bytes(memoryview(blob)) if blob is not None else b""
+    if not data:
+        _warn(f"no timing cache to keep at {path}; the next build times its kernels again")
+        return False
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "wb") as fh:
-        fh.write(memoryview(cache.serialize()))
+        fh.write(data)
     os.replace(tmp, path)  # a concurrent build never reads half a cache
+    return True
 
 
 # -- `python -m builders.check_plans`: the deploy-time check -----------------------------------------------------------
@@ -718,9 +941,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"TensorRT of the Triton image (default: ${SERVING_VERSION_ENV})",
     )
     p.add_argument("--serving-compute-capability", default=None, help="e.g. 9.0; checked when given")
+    p.add_argument(
+        "--serving-image",
+        default=None,
+        help=f"the Triton image, e.g. nvcr.io/nvidia/tritonserver:25.06-py3; its flavour's TensorRT is checked "
+        f"(default: ${SERVING_IMAGE_ENV})",
+    )
     args = p.parse_args(argv)
     try:
-        checked = check_plans(args.repository, args.serving_tensorrt_version, args.serving_compute_capability)
+        checked = check_plans(
+            args.repository,
+            args.serving_tensorrt_version,
+            args.serving_compute_capability,
+            serving_image=args.serving_image,
+        )
     except TrituneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

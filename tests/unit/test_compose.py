@@ -185,13 +185,16 @@ def test_images_are_pinned_in_one_place(services, env):
 
 def test_builder_and_triton_share_one_ngc_release(services, env):
     assert re.fullmatch(r"\d{2}\.\d{2}", env["TRITON_IMAGE_TAG"])
-    assert services["triton"]["image"] == "nvcr.io/nvidia/tritonserver:${TRITON_IMAGE_TAG:?set it in .env}-py3"
+    image = "nvcr.io/nvidia/tritonserver:${TRITON_IMAGE_TAG:?set it in .env}-${TRITON_IMAGE_FLAVOUR:?set it in .env}"
+    assert services["triton"]["image"] == image and env["TRITON_IMAGE_FLAVOUR"] == "py3"
     assert services["builder"]["build"]["args"]["TRITON_IMAGE_TAG"].startswith("${TRITON_IMAGE_TAG")
     assert "FROM nvcr.io/nvidia/pytorch:${TRITON_IMAGE_TAG}-py3" in (DOCKER / "Dockerfile.gpu-builder").read_text()
     builder = services["builder"]
     assert "tritune build --target gpu" in command_text(builder)
     assert "python -m builders.check_plans" in command_text(builder)  # the plans' TensorRT vs the serving one
     assert builder["environment"]["TRITUNE_SERVING_TENSORRT_VERSION"].startswith("${TRITON_TENSORRT_VERSION")
+    # the plan check knows the flavour: -trtllm-python-py3 of the same YY.MM may carry another TensorRT
+    assert builder["environment"]["TRITUNE_SERVING_IMAGE"] == services["triton"]["image"]
 
 
 def test_cpu_image_uses_the_cpu_torch_wheel(env):
@@ -315,3 +318,41 @@ def test_every_image_that_installs_tritune_copies_every_package():
         if "pip install" in text and "COPY pyproject.toml" in text:
             missing = [p for p in packages if f"COPY {p} ./{p}" not in text]
             assert not missing, f"{dockerfile.name} does not copy {missing}"
+
+
+# What nvcr.io/nvidia/pytorch:25.06-py3 ships. Since 25.03 its /etc/pip/constraint.txt (PIP_CONSTRAINT) pins every
+# bundled package (PyTorch release notes), so `pip install '.[gpu]'` must accept these versions as they are. NVIDIA's
+# 25.06 page was not reachable from here: the versions come from the Triton compatibility table (TensorRT, torch of
+# the same build) and from users' reports of that image (numpy, nvidia-ml-py's pin); docs/deploy.md says how to check.
+NGC_PYTORCH_IMAGE = {
+    "25.06": {
+        "python": "3.12.3",
+        "numpy": "1.26.4",
+        "torch": "2.8.0a0+5228986c39.nv25.6",
+        "tensorrt": "10.11.0.33",
+        "nvidia-ml-py": "12.575.51",
+    }
+}
+
+
+def test_the_gpu_builders_requirements_fit_the_ngc_pytorch_images_pins(env):
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    assert env["TRITON_IMAGE_TAG"] in NGC_PYTORCH_IMAGE, "record the new image's bundled versions above"
+    bundled = NGC_PYTORCH_IMAGE[env["TRITON_IMAGE_TAG"]]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    installed = [Requirement(r) for r in (*project["dependencies"], *project["optional-dependencies"]["gpu"])]
+    assert Version(bundled["python"]) in Requirement(f"python{project['requires-python']}").specifier
+    checked = 0
+    for req in installed:
+        if req.name in bundled:  # a pinned == prerelease (torch's nv build) is what the constraint allows
+            assert req.specifier.contains(bundled[req.name], prereleases=True), f"{req} refuses the image's pin"
+            checked += 1
+    assert checked == 4
+    # the CPU stack (a tritonserver binary, Locust and its gevent) stays out of the GPU builder image
+    assert not {r.name for r in installed} & {"nvidia-pytriton", "locust", "gevent", "matplotlib"}
+    installs = [line for line in (DOCKER / "Dockerfile.gpu-builder").read_text().splitlines() if "pip install" in line]
+    assert installs and all("'.[gpu]'" in line and "serve" not in line for line in installs)

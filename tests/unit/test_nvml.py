@@ -60,7 +60,24 @@ class FakeNvml:
         return SimpleNamespace(used=h["used"], total=h["total"], free=h["total"] - h["used"])
 
     def nvmlDeviceGetUtilizationRates(self, h):
+        if h.get("mig_parent") or h.get("migs"):  # NVML: NOT_SUPPORTED on a GPU in MIG mode and its instances
+            raise self.NVMLError("Not Supported")
         return SimpleNamespace(gpu=h["util_pct"], memory=0)
+
+    NVML_DEVICE_MIG_ENABLE = 1
+
+    def nvmlDeviceGetMigMode(self, h):
+        if "migs" not in h:
+            raise self.NVMLError("Not Supported")  # a GPU without MIG
+        return (1 if h["migs"] is not None else 0), 0
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, h):
+        return 7
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, h, i):
+        if i >= len(h["migs"]):
+            raise self.NVMLError("Not Found")
+        return h["migs"][i]
 
     def nvmlDeviceGetComputeRunningProcesses(self, h):
         if h.get("procs") is None:
@@ -81,16 +98,58 @@ def test_reads_utilization_memory_and_the_servers_process_memory():
     assert (r.name, r.uuid, r.utilization) == ("NVIDIA H100 #0", "GPU-0", 0.75)
     assert (r.memory_used_bytes, r.memory_free_bytes) == (30 * GB, 50 * GB)
     assert r.process_memory_bytes == 12 * GB
-    # no PID known: every compute process on the GPU (dedicated to Triton, or PIDs from another namespace)
-    assert read_gpus(nvml=nvml)[0][0].process_memory_bytes == 17 * GB
+    # no PID known: the GPU's largest process stands for one server, not the sum of every replica on the GPU
+    assert read_gpus(nvml=nvml)[0][0].process_memory_bytes == 12 * GB
 
 
 def test_unknown_process_memory_gives_no_per_instance_estimate():
-    for procs in (None, [(101, None)], [(999, GB)]):  # not supported, not permitted, server not on this GPU
-        readings, _ = read_gpus(pids={101}, nvml=FakeNvml([gpu(0, 10 * GB, procs=procs)]))
-        assert readings[0].process_memory_bytes is None
+    for procs in (None, [(101, None)]):  # not supported, not permitted
+        readings, reason = read_gpus(pids={101}, nvml=FakeNvml([gpu(0, 10 * GB, procs=procs)]))
+        assert readings[0].process_memory_bytes is None and "process memory" in reason
         est = guard_inputs(readings, instances=2)
         assert est.gpu_memory_per_instance_bytes is None and est.gpu_memory_free_bytes == 70 * GB
+    # two GPUs, the server on GPU 1 only: GPU 0 holds none of its memory
+    readings, _ = read_gpus(pids={101}, nvml=FakeNvml([gpu(0, GB, procs=[(999, GB)]), gpu(1, GB, procs=[(101, GB)])]))
+    assert [r.process_memory_bytes for r in readings] == [None, GB]
+
+
+def test_two_replicas_on_one_gpu_seen_from_another_pid_namespace():
+    """The orchestrator in its own container: NVML lists host PIDs, none of them the server's PID as the
+    orchestrator knows it. Each replica's memory is one server's, not the sum of both."""
+    replicas = [(40101, 9 * GB), (40202, 9 * GB)]  # --scale triton=2, 3 instances each
+    readings, reason = read_gpus(pids={7}, nvml=FakeNvml([gpu(0, 20 * GB, procs=replicas)]))
+    assert readings[0].process_memory_bytes == 9 * GB and "another PID namespace" in reason
+    assert guard_inputs(readings, instances=3).gpu_memory_per_instance_bytes == 3 * GB
+    readings, _ = read_gpus(nvml=FakeNvml([gpu(0, 20 * GB, procs=replicas)]))
+    assert guard_inputs(readings, instances=3).gpu_memory_per_instance_bytes == 3 * GB
+
+
+def test_mig_keeps_each_instances_memory_and_says_utilization_is_unknown():
+    """A GPU in MIG mode: utilization is NOT_SUPPORTED, and the reading is each MIG instance's own memory (the
+    parent's would show the whole GPU's memory free to a 10 GB slice)."""
+    slices = [gpu(0, 4 * GB, total=10 * GB, procs=[(101, 3 * GB)]), gpu(0, 9 * GB, total=10 * GB, procs=[])]
+    for sl in slices:
+        sl["mig_parent"] = True
+    parent = gpu(0, 13 * GB, procs=[]) | {"migs": slices}
+    readings, reason = read_gpus(pids={101}, nvml=FakeNvml([parent]))
+    assert [(r.memory_free_bytes, r.utilization) for r in readings] == [(6 * GB, None), (1 * GB, None)]
+    assert readings[0].process_memory_bytes == 3 * GB
+    assert "not reported for a MIG instance" in reason
+    est = guard_inputs(readings[:1], instances=1)
+    assert (est.gpu_memory_free_bytes, est.gpu_memory_per_instance_bytes, est.gpu_utilization) == (6 * GB, 3 * GB, None)
+    # MIG mode off on a MIG-capable GPU: the GPU itself, with its utilization
+    readings, reason = read_gpus(nvml=FakeNvml([gpu(0, GB, util_pct=40) | {"migs": None}]))
+    assert (len(readings), readings[0].utilization, reason) == (1, 0.4, "ok")
+
+
+def test_utilization_not_supported_keeps_the_memory_reading():
+    class NoUtilization(FakeNvml):
+        def nvmlDeviceGetUtilizationRates(self, h):
+            raise self.NVMLError("Not Supported")
+
+    readings, reason = read_gpus(pids={101}, nvml=NoUtilization([gpu(0, 30 * GB, procs=[(101, 12 * GB)])]))
+    assert readings[0].utilization is None and readings[0].memory_free_bytes == 50 * GB
+    assert readings[0].process_memory_bytes == 12 * GB and reason == "GPU 0: utilization: Not Supported"
 
 
 def test_no_driver_or_no_package_returns_none_with_the_reason(monkeypatch):

@@ -18,11 +18,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from builders.build import PRECISION, VERSION_OF, BuildOptions
+from builders.models import SEED_SIGNATURE
 from builders.targets import TARGETS, get_target
 from builders.targets.base import VariantArtifact
 from builders.targets.tensorrt import (
-    DEFAULT_INPUTS,
-    DEFAULT_OUTPUTS,
     PLAN_FILE,
     RECORD_FILE,
     SERVING_VERSION_ENV,
@@ -50,6 +49,7 @@ from tritune.serving import ServingConfig
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 TRT = "10.11.0.33"
 SHA = "0" * 64
+DEFAULT_INPUTS, DEFAULT_OUTPUTS = SEED_SIGNATURE.tensor_specs()  # what the ONNX parser's plan of the seed shows
 
 
 def _artifact(variant: str = "int8") -> VariantArtifact:
@@ -57,12 +57,28 @@ def _artifact(variant: str = "int8") -> VariantArtifact:
 
 
 def _plan() -> ModelConfig:
-    return plan_model_config("cnn_int8", _artifact(), SHA, max_batch_size=64, tensorrt_version=TRT)
+    return plan_model_config(
+        "cnn_int8",
+        _artifact(),
+        SHA,
+        max_batch_size=64,
+        tensorrt_version=TRT,
+        inputs=DEFAULT_INPUTS,
+        outputs=DEFAULT_OUTPUTS,
+    )
 
 
 def _public() -> ModelConfig:
     versions = {VERSION_OF[v]: _artifact(v) for v in PRECISION}
-    live = plan_model_config("cnn", _artifact("fp32"), SHA, max_batch_size=64, tensorrt_version=TRT)
+    live = plan_model_config(
+        "cnn",
+        _artifact("fp32"),
+        SHA,
+        max_batch_size=64,
+        tensorrt_version=TRT,
+        inputs=DEFAULT_INPUTS,
+        outputs=DEFAULT_OUTPUTS,
+    )
     return public_config(live, VERSION_OF["fp32"], versions)
 
 
@@ -105,7 +121,9 @@ def test_plan_config_is_a_gpu_plan_with_batching_and_graphs():
     assert msg.dynamic_batching.default_queue_policy.max_queue_size > 0
     assert msg.optimization.cuda.graphs
     # preferred sizes never exceed max_batch_size
-    small = plan_model_config("m", _artifact(), SHA, max_batch_size=8, tensorrt_version=TRT)
+    small = plan_model_config(
+        "m", _artifact(), SHA, max_batch_size=8, tensorrt_version=TRT, inputs=DEFAULT_INPUTS, outputs=DEFAULT_OUTPUTS
+    )
     assert small.dynamic_batching.preferred_batch_size == (4, 8)
 
 
@@ -124,6 +142,19 @@ def test_orchestrator_retunes_a_plan_config_without_losing_gpu_settings():
     new = applied_config(live, ServingConfig("fp16", instances=3, dynamic_batching=True, max_queue_delay_us=1000))
     assert new.instance_group[0].kind == "KIND_GPU" and new.instance_count == 3
     assert new.cuda_graphs and new.dynamic_batching.default_queue_policy == live.dynamic_batching.default_queue_policy
+
+
+def test_cuda_graphs_follow_the_batching_the_orchestrator_loads():
+    """The batch sizes the TensorRT backend captures graphs for, as its InitializeGraphSpecs derives them from the
+    loaded config when no graph_spec is given: they follow each retuned config's preferred sizes."""
+    live = _public()
+    assert live.cuda_graph_batch_sizes == (1, 4, 8, 16, 64)
+    retuned = applied_config(live, ServingConfig("fp32", 2, 0, True, 1000, (8, 32)))
+    assert retuned.cuda_graph_batch_sizes == (1, 8, 32, 64)
+    unbatched = applied_config(live, ServingConfig("fp32", 2, 0, False))
+    assert unbatched.cuda_graph_batch_sizes == (1, 2, 3, 4, 6, 8, 12, 16, 64)
+    assert replace(live, cuda_graphs=False).cuda_graph_batch_sizes == ()
+    assert replace(live, max_batch_size=8, dynamic_batching=None).cuda_graph_batch_sizes == (1, 2, 3, 4, 6, 8)
 
 
 # -- build path per TensorRT version -----------------------------------------------------------------------------------
@@ -301,19 +332,45 @@ def test_builds_a_real_plan_for_each_precision(tmp_path):
     )
     if not torch.cuda.is_available():
         pytest.skip("needs an NVIDIA GPU")
+    import numpy as np
+
     from builders import onnx_utils as ox
     from builders.models import SeedCNN
 
     fp32 = ox.export_onnx(SeedCNN().eval(), tmp_path / "fp32.onnx")
     fp16 = ox.to_fp16(fp32, tmp_path / "fp16.onnx")
+    calib = np.random.default_rng(0).random((16, *SEED_SIGNATURE.inputs[0].shape), dtype=np.float32)
+    int8 = ox.to_int8(fp32, tmp_path / "int8.onnx", calib, quantize_bias=TensorRTTarget.int8_quantize_bias)
     target = TensorRTTarget(cache_dir=tmp_path / "cache")
     target.check_available()
-    versions = {1: VariantArtifact("fp32", "fp32", fp32), 4: VariantArtifact("fp16", "fp16", fp16)}
+    versions = {
+        1: VariantArtifact("fp32", "fp32", fp32),
+        4: VariantArtifact("fp16", "fp16", fp16),
+        5: VariantArtifact("int8", "int8", int8),
+    }
     compiled = target.compile_public(versions, 1, "cnn", tmp_path / "repo", 64)
     assert compiled.config.inputs == DEFAULT_INPUTS and compiled.config.outputs == DEFAULT_OUTPUTS
     checked = check_plans(tmp_path / "repo", trt.__version__)
-    assert {r.precision for _, r in checked} == {"fp32", "fp16"}
+    assert {r.precision for _, r in checked} == {"fp32", "fp16", "int8"}
     assert any((tmp_path / "cache" / "tensorrt").glob("*.timing-cache"))
+
+
+@pytest.mark.gpu
+def test_torch_tensorrt_plans_carry_their_own_tensor_names_into_the_config(tmp_path):
+    pytest.importorskip("torch_tensorrt", reason="needs Torch-TensorRT: run in the NGC PyTorch image")
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU")
+    from builders import onnx_utils as ox
+    from builders.models import SeedCNN
+    from tritune.signature import Signature
+
+    module = SeedCNN().eval()
+    fp32 = ox.export_onnx(module, tmp_path / "fp32.onnx")
+    target = TensorRTTarget(compiler="torch-tensorrt", cache_dir=tmp_path / "cache")
+    compiled = target.compile(VariantArtifact("fp32", "fp32", fp32, module=module), "cnn", tmp_path / "repo", 8)
+    record = PlanRecord.read(tmp_path / "repo" / "cnn" / "1" / RECORD_FILE)
+    assert (compiled.config.inputs, compiled.config.outputs) == (record.inputs, record.outputs)
+    assert Signature.from_config(compiled.config).input_names == ["input"]
 
 
 def test_optimization_profiles_come_from_the_signature_and_the_user():
@@ -365,3 +422,231 @@ def test_a_brought_onnx_model_on_the_gpu_target_asks_for_tensorrt(tmp_path, monk
     assert not (tmp_path / "repo").exists()
     with pytest.raises(ConfigError, match="leave out --compiler torch-tensorrt"):
         build(BuildOptions(onnx=path, target="gpu", compiler="torch-tensorrt"), log=lambda _m: None)
+
+
+# -- the int8 variant in the form TensorRT's ONNX parser takes -------------------------------------------------------
+@pytest.fixture(scope="module")
+def seed_int8(tmp_path_factory):
+    """The seed CNN's int8 ONNX as each target asks for it (its own bias form), from one fp32 export."""
+    import numpy as np
+
+    from builders.models import SeedCNN
+    from builders.onnx_utils import export_onnx, to_int8
+    from builders.targets.cpu import CpuTarget
+
+    torch.manual_seed(0)
+    tmp = tmp_path_factory.mktemp("int8")
+    fp32 = export_onnx(SeedCNN().eval(), tmp / "fp32.onnx")
+    calib = np.random.default_rng(0).random((16, *SEED_SIGNATURE.inputs[0].shape), dtype=np.float32)
+    return {
+        target.name: to_int8(fp32, tmp / f"{target.name}.onnx", calib, quantize_bias=target.int8_quantize_bias)
+        for target in (TensorRTTarget, CpuTarget)
+    }
+
+
+def test_the_gpu_targets_int8_onnx_has_only_qdq_types_tensorrt_parses(seed_int8):
+    import onnx
+
+    from builders.targets.tensorrt import DEQUANTIZE_INPUT_TYPES, check_qdq_for_tensorrt
+
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(seed_int8["gpu"]))).graph
+    types = {i.name: onnx.TensorProto.DataType.Name(i.data_type) for i in graph.initializer}
+    types |= {v.name: onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type) for v in graph.value_info}
+    dq_inputs = {types[n.input[0]] for n in graph.node if n.op_type == "DequantizeLinear"}
+    assert dq_inputs and dq_inputs <= DEQUANTIZE_INPUT_TYPES  # INT8 only: weights and activations, no INT32 bias
+    assert check_qdq_for_tensorrt(seed_int8["gpu"]) >= 6
+    # the CPU target's form (INT32 biases for ONNX Runtime's QLinearConv) is what TensorRT would reject
+    with pytest.raises(BuildError, match="input is INT32, TensorRT takes FLOAT4E2M1, FLOAT8E4M3FN, INT4, INT8.*bias"):
+        check_qdq_for_tensorrt(seed_int8["cpu"])
+
+
+def test_the_gpu_target_refuses_an_int8_onnx_tensorrt_cannot_parse_before_tensorrt_runs(seed_int8, tmp_path):
+    target = TensorRTTarget(cache_dir=tmp_path / "cache")  # no TensorRT here: the check comes first
+    with pytest.raises(BuildError, match="TensorRT's ONNX parser rejects DequantizeLinear .*INT32"):
+        target.compile(VariantArtifact("int8", "int8", seed_int8["cpu"]), "cnn_int8", tmp_path / "repo", 64)
+
+
+def test_nonzero_zero_points_and_integer_quantize_inputs_are_refused(seed_int8):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from builders.targets.tensorrt import check_qdq_for_tensorrt
+
+    proto = onnx.load(str(seed_int8["gpu"]))
+    q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear")
+    zero = next(i for i in proto.graph.initializer if i.name == q.input[2])
+    zero.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(zero).shape, 3, np.int8), zero.name))
+    with pytest.raises(BuildError, match="nonzero zero-point"):
+        check_qdq_for_tensorrt(proto)
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.INT32, [4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.INT8, [4])
+    scale = numpy_helper.from_array(np.array(0.5, np.float32), "s")
+    graph = onnx.helper.make_graph([onnx.helper.make_node("QuantizeLinear", ["x", "s"], ["y"])], "g", [x], [y], [scale])
+    with pytest.raises(BuildError, match="QuantizeLinear .*input is INT32, TensorRT takes BFLOAT16, FLOAT, FLOAT16"):
+        check_qdq_for_tensorrt(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)]))
+
+
+def test_the_seed_builds_int8_in_the_targets_bias_form(tmp_path):
+    """The seed pipeline's export stage hands the target's bias form to the quantizer."""
+    import onnx
+
+    from builders.build import _export, _Seed
+    from builders.data import load_dataset
+    from builders.models import SeedCNN
+    from builders.targets.tensorrt import check_qdq_for_tensorrt
+
+    data = load_dataset("digits", tmp_path / "data")
+    opts = replace(BuildOptions(), variants=("fp32", "int8"), calibration_size=16)
+    seed = _Seed(opts, data, None, lambda _msg: None, {})
+    for quantize_bias, int32_dq in ((False, 0), (True, 1)):
+        paths, _ = _export(seed, {"fp32": SeedCNN().eval()}, tmp_path / str(quantize_bias), quantize_bias)
+        graph = onnx.load(str(paths["int8"])).graph
+        int32 = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT32}
+        assert bool(sum(n.input[0] in int32 for n in graph.node if n.op_type == "DequantizeLinear")) == int32_dq
+    check_qdq_for_tensorrt(tmp_path / "False" / "int8.onnx")
+
+
+# -- the timing cache, as TensorRT's API defines its return values -----------------------------------------------------
+class FakeBuilderConfig:
+    """The three IBuilderConfig calls on the timing cache, with their documented results: create_timing_cache
+    gives None for a blob it cannot read, set_timing_cache False for a cache of another device, get_timing_cache
+    None when none is set."""
+
+    class Cache:
+        def __init__(self, blob: bytes):
+            self.blob = blob
+
+        def serialize(self):
+            return memoryview(self.blob or b"fresh")
+
+    def __init__(self, foreign: bytes = b"", set_fails: bool = False):
+        self.foreign, self.set_fails, self.cache = foreign, set_fails, None
+
+    def create_timing_cache(self, blob: bytes):
+        return None if blob == b"corrupt" else self.Cache(bytes(blob))
+
+    def set_timing_cache(self, cache, ignore_mismatch: bool) -> bool:
+        assert ignore_mismatch is False
+        if self.set_fails or (self.foreign and cache.blob == self.foreign):
+            return False
+        self.cache = cache
+        return True
+
+    def get_timing_cache(self):
+        return self.cache
+
+
+def test_timing_cache_branches_follow_the_api(tmp_path, capsys):
+    from builders.targets.tensorrt import _load_timing_cache, _save_timing_cache
+
+    path = tmp_path / "h100.timing-cache"
+    # none yet: a new cache, kept after the build
+    config = FakeBuilderConfig()
+    assert _load_timing_cache(config, path) and _save_timing_cache(config, path) and path.read_bytes() == b"fresh"
+    # a good cache is reused as it is
+    path.write_bytes(b"kernels")
+    config = FakeBuilderConfig()
+    assert _load_timing_cache(config, path) and config.cache.blob == b"kernels"
+    # corrupt (create_timing_cache → None) and another GPU's (set_timing_cache → False): a new one, said why
+    for blob, config, why in (
+        (b"corrupt", FakeBuilderConfig(), "truncated or from another TensorRT"),
+        (b"ampere", FakeBuilderConfig(foreign=b"ampere"), "made on another GPU"),
+    ):
+        path.write_bytes(blob)
+        assert _load_timing_cache(config, path) and config.cache.blob == b""
+        assert why in capsys.readouterr().err
+        assert _save_timing_cache(config, path) and path.read_bytes() == b"fresh"
+    # no cache can be set at all: the build goes on without one, and nothing is saved over the old file
+    path.write_bytes(b"kernels")
+    config = FakeBuilderConfig(set_fails=True)
+    assert not _load_timing_cache(config, path) and config.get_timing_cache() is None
+    assert not _save_timing_cache(config, path) and path.read_bytes() == b"kernels"
+    assert "building without one" in capsys.readouterr().err
+
+
+# -- Torch-TensorRT: the module's interface, a real torch.export, and its errors ---------------------------------------
+def test_torch_tensorrt_takes_the_input_from_the_signature_and_refuses_what_it_cannot_build():
+    from builders.targets.tensorrt import ShapeProfile, example_batch, torch_tensorrt_input
+    from tritune.signature import Signature, Tensor
+
+    image = Signature((Tensor("pixel_values", "FP32", (3, 64, 64)),), (Tensor("logits", "FP32", (5,)),), True)
+    name, shapes = torch_tensorrt_input(image, BatchProfile.for_max(32))
+    assert (name, shapes) == ("pixel_values", ShapeProfile((1, 3, 64, 64), (16, 3, 64, 64), (32, 3, 64, 64)))
+    two = Signature((Tensor("a", "FP32", (4,)), Tensor("b", "FP32", (4,))), (Tensor("y", "FP32", (1,)),), True)
+    with pytest.raises(BuildError, match="one-input modules.*--compiler tensorrt"):
+        torch_tensorrt_input(two, BatchProfile.for_max(32))
+    with pytest.raises(BuildError, match="--max-batch-size of at least 2"):
+        torch_tensorrt_input(image, BatchProfile.for_max(1))
+    # the example batch is never 1 (torch.export would fix it) and never past the profile's max
+    assert [example_batch(BatchProfile.for_max(m)) for m in (2, 3, 8, 64)] == [2, 3, 8, 16]
+    assert example_batch(BatchProfile.for_max(64, opt=1)) == 2
+
+
+@pytest.mark.parametrize("max_batch_size", [2, 5, 64])
+def test_the_serving_module_exports_with_a_dynamic_batch(max_batch_size):
+    """The torch.export step of the Torch-TensorRT path, run for real on the CPU: every batch in 1..max runs."""
+    from builders.models import SeedCNN
+    from builders.targets.tensorrt import export_serving_module, shape_profiles
+
+    profile = BatchProfile.for_max(max_batch_size)
+    shapes = shape_profiles(SEED_SIGNATURE, profile)["input"]
+    module = ServingModule(SeedCNN().eval(), half=False)
+    exported, dtype = export_serving_module(module, "FP32", shapes, profile, "fp32", device="cpu")
+    assert dtype == torch.float32 and [n.name for n in exported.graph.nodes if n.op == "placeholder"][-1] == "input"
+    for batch in sorted({1, max_batch_size}):
+        x = torch.rand(batch, *SEED_SIGNATURE.inputs[0].shape)
+        assert torch.allclose(exported.module()(x), module(x), atol=1e-5)
+
+
+def test_a_torch_tensorrt_conversion_failure_is_one_clear_error(monkeypatch, tmp_path):
+    """Torch-TensorRT logs a converter failure and then raises UnboundLocalError on its own unset variable; that
+    becomes one BuildError naming the variant and the way out (the library is stood in for: it needs CUDA)."""
+    from types import SimpleNamespace
+
+    from builders.targets.tensorrt import ShapeProfile, convert_to_plan
+
+    def convert(*_args, **_kw):
+        raise UnboundLocalError("cannot access local variable 'interpreter_result' where it is not associated")
+
+    fake = SimpleNamespace(
+        Input=lambda **kw: kw, dynamo=SimpleNamespace(convert_exported_program_to_serialized_trt_engine=convert)
+    )
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", fake)
+    shapes = ShapeProfile((1, 3, 32, 32), (16, 3, 32, 32), (64, 3, 32, 32))
+    with pytest.raises(
+        BuildError, match=r"fp16: Torch-TensorRT could not convert .*UnboundLocalError.*--compiler tensorrt"
+    ):
+        convert_to_plan(object(), shapes, torch.float32, tmp_path / "cache" / "t", "fp16")
+
+
+# -- the serving image's flavour ---------------------------------------------------------------------------------
+def test_the_serving_images_flavour_decides_its_tensorrt():
+    from builders.targets.tensorrt import image_tensorrt
+
+    assert image_tensorrt("nvcr.io/nvidia/tritonserver:25.06-py3", TRT) == TRT
+    assert image_tensorrt("nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3", TRT) == "10.10.0.31"
+    assert image_tensorrt("tritonserver:25.08-trtllm-python-py3", TRT) == "10.11.0.33"
+    with pytest.raises(PlanMismatchError, match="use nvcr.io/nvidia/tritonserver:25.06-py3"):
+        image_tensorrt("nvcr.io/nvidia/tritonserver:25.06-vllm-python-py3", TRT)
+    with pytest.raises(ConfigError, match="not in tritune's copy of Triton's compatibility table"):
+        image_tensorrt("nvcr.io/nvidia/tritonserver:24.01-trtllm-python-py3", TRT)
+    with pytest.raises(ConfigError, match="is not an NGC Triton image"):
+        image_tensorrt("nvcr.io/nvidia/pytorch:25.06-py3", TRT)
+
+
+def test_check_plans_refuses_a_flavour_with_another_tensorrt_in_one_line(tmp_path, capsys):
+    """Plans built in pytorch:25.06-py3 (TensorRT 10.11) against tritonserver:25.06-trtllm-python-py3 (10.10)."""
+    version = tmp_path / "cnn" / "1"
+    version.mkdir(parents=True)
+    (version / PLAN_FILE).write_bytes(b"plan")
+    _record(plan_sha256=hashlib.sha256(b"plan").hexdigest()).write(version / RECORD_FILE)
+    env = {SERVING_VERSION_ENV: TRT, "TRITUNE_SERVING_IMAGE": "nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3"}
+    with pytest.raises(PlanMismatchError, match=r"built with TensorRT 10\.11\.0\.33 but .*trtllm-python-py3 serves"):
+        check_plans(tmp_path, environ=env)
+    assert check_plans(tmp_path, environ={**env, "TRITUNE_SERVING_IMAGE": "nvcr.io/nvidia/tritonserver:25.06-py3"})
+    args = ["--repository", str(tmp_path), "--serving-tensorrt-version", TRT]
+    assert main([*args, "--serving-image", "nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3"]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "TRITON_IMAGE_FLAVOUR=py3" in err
+    assert main([*args, "--serving-image", "nvcr.io/nvidia/tritonserver:25.06-py3"]) == 0
