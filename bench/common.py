@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from builders.data import load_dataset
+from loadtest.capacity import rate_search, recorded, retry_blips  # noqa: F401 - the benchmarks' search helpers
 from loadtest.openloop import LoadResult, OpenLoopLoad, RateFn, constant
 from orchestrator.loop import LoopOptions, Orchestrator
 from orchestrator.policy import Context, ControllerConfig, GuardConfig, Objective, variants_from_manifest
@@ -166,46 +167,11 @@ def meets_slo(result: LoadResult, slo_ms: float, skip_s: float) -> tuple[bool, d
     return ok, s
 
 
-def retry_blips(probe, slo_ms: float, retries: int = 1, blip_limit: float = 10.0):
-    """``probe`` with a failure retried up to ``retries`` times when it looks like a stall of the machine, not of the
-    config: nothing failed and the p99 stayed under ``blip_limit`` × the SLO. A rate passes if any try passes.
-
-    On two shared cores the load generator, Triton and the OS now and then stall together for ~100–300 ms; one such
-    stall puts a 20-s probe's p99 over a 50-ms SLO whatever the config, so a rate between two passing ones can fail
-    once. An overload builds a backlog instead: p99 in seconds, not retried. Every arm
-    goes through the same rule. Each try is kept in ``info["tries"]``.
-    """
-
-    def retried(rate: float):
-        tries = []
-        for _ in range(retries + 1):
-            ok, info = probe(rate)
-            tries.append({"ok": ok, **info})
-            p99 = info.get("p99_ms", info.get("p99_ms_last"))
-            if ok or info.get("failed") or p99 is None or p99 > blip_limit * slo_ms:
-                break
-        return ok, {**info, "tries": tries} if len(tries) > 1 else info
-
-    return retried
-
-
-def _recorded(probe, trail: list[dict] | None = None, **tags):
-    """``check(rate) -> ok`` over ``probe(rate) -> (ok, info)``, appending each try (with ``tags``) to ``trail``."""
-    trail = [] if trail is None else trail
-
-    def check(rate: float) -> bool:
-        ok, info = probe(rate)
-        trail.append({**tags, "rate_per_s": round(rate, 1), "ok": ok, **info})
-        return ok
-
-    return check, trail
-
-
 def search_below(probe, low: float, high: float, bisect_steps: int = 3) -> tuple[float, list[dict]]:
     """Highest rate up to ``high`` at which ``probe(rate) -> (ok, info)`` holds: ``high`` first, then bisection
     between ``low`` (a rate expected to hold, not assumed to) and ``high``, to a resolution of
     (high − low) / 2^bisect_steps. Checks ``low`` itself only when nothing above it held; 0 if that fails too."""
-    check, trail = _recorded(probe)
+    check, trail = recorded(probe)
 
     if check(high):
         return high, trail
@@ -242,13 +208,13 @@ def paired_descent(
         if rate < low:
             break
         for name in (n for n in arms if rates[n] is None):
-            check, _ = _recorded(arms[name], trail, level=k, arm=name)
+            check, _ = recorded(arms[name], trail, level=k, arm=name)
             if check(rate):
                 rates[name] = rate
         if None not in rates.values():
             break
     if rates["arm"] is None:  # nothing on the grid held: does ``low`` itself?
-        check, _ = _recorded(probe_arm, trail, level=None, arm="arm")
+        check, _ = recorded(probe_arm, trail, level=None, arm="arm")
         rates["arm"] = low if check(low) else 0.0
     return rates["reference"], rates["arm"], trail
 
@@ -257,42 +223,6 @@ def bracket(trail: list[dict], rate: float) -> list[float | None]:
     """[``rate``, the lowest rate above it that failed in ``trail``]: how finely a search resolved its answer."""
     above = [p["rate_per_s"] for p in trail if not p["ok"] and p["rate_per_s"] > rate]
     return [round(rate, 1), min(above) if above else None]
-
-
-def rate_search(probe, start: float, max_rate: float = 4000.0, bisect_steps: int = 3) -> tuple[float, list[dict]]:
-    """Highest rate at which ``probe(rate) -> (ok, info)`` holds: double from ``start`` until it fails, then bisect.
-
-    Returns 0 if even ``start`` fails (after halving twice).
-    """
-    check, trail = _recorded(probe)
-
-    lo, hi = 0.0, None
-    rate = start
-    for _ in range(3):  # find a passing rate
-        if check(rate):
-            lo = rate
-            break
-        hi = rate
-        rate /= 2
-    if lo == 0.0:
-        return 0.0, trail
-    if hi is None:
-        rate = lo * 2
-        while rate <= max_rate:
-            if check(rate):
-                lo, rate = rate, rate * 2
-            else:
-                hi = rate
-                break
-        if hi is None:
-            return lo, trail
-    for _ in range(bisect_steps):
-        mid = (lo + hi) / 2
-        if check(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo, trail
 
 
 def converged_after_s(windows: list[dict]) -> float | None:

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-ARMS = ("default", "static", "orchestrator")
+ARMS = ("default", "static", "static_base", "orchestrator")
 
 
 def config_text(c: dict | None) -> str:
@@ -81,6 +81,26 @@ def render(name: str, record: dict) -> str:
             + " | ".join(
                 ", ".join(f"{t:g}" for t in run["orchestrator"]["missed_windows_start_s"]) or "none" for run in runs
             )
+            + ".",
+        ]
+    if runs and "missed_windows_per_change" in runs[0]["orchestrator"]:
+        serving = [
+            ", ".join("–" if x is None else f"{x:g} s" for x in run["orchestrator"]["step_to_serving_s"])
+            for run in runs
+        ]
+        missed = [", ".join(map(str, run["orchestrator"]["missed_windows_per_change"])) for run in runs]
+        unforced = [len(run["orchestrator"]["missed_after_unforced_reload_start_s"]) for run in runs]
+        m = r["median"]["orchestrator"]
+        lines += [
+            "Missed windows per change of load: " + " | ".join(missed) + "; step to serving (change → the new "
+            "config serving): " + " | ".join(serving) + f" (median over steps up {m['step_to_serving_s_median']} s, "
+            f"worst {m['step_to_serving_s_worst']} s); missed after a reload the load did not force: "
+            + ", ".join(map(str, unforced))
+            + ".",
+            "Frontier (windows met, served top-1): "
+            + ", ".join(r.get("frontier", []))
+            + "; the orchestrator is dominated by: "
+            + (", ".join(r["dominated_by"]["orchestrator"]) or "none")
             + ".",
         ]
     goals = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in r["goals"].items())

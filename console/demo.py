@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import threading
 import time
@@ -28,15 +29,19 @@ from tritune.errors import ConfigError, RepositoryError, ServerError
 from tritune.frontdoor import FrontDoor, FrontDoorSettings, Upstream
 from tritune.manifest import Manifest
 from tritune.server import ServerOptions, TritonServer, admin_key
+from tritune.serving import ServingConfig
 
 # Open loop, batch-8 requests/s: a base the most accurate level holds, a step beyond its capacity (the controller
 # must step down the accuracy ladder) and a long base again (it must come back: Triton's p99 summaries lag by up to
 # a minute, then the down delay). Batch 8 puts the load in the models' compute, where the ladder's rungs differ,
-# at request rates Locust itself can send on two shared cores (on the 2-core machine here the top level holds
-# about 175 batch-8 requests/s with the cheap generator, less beside Locust and Caddy).
-FULL_SHAPE = "step:values=50/260/50/50,step_s=50"
-QUICK_SHAPE = "step:values=30/150/30,step_s=15"
+# at request rates Locust itself can send on two shared cores. The rates come from this machine: the capacity of
+# the top level and of the fastest lower one, measured before the load (calibrated_shape), as the scenario
+# benchmarks size their loads; fixed rates chosen on one machine were held by the top level on a faster one.
+FULL_STEP_S, QUICK_STEP_S = 50, 15
+BASE_SHARE = 0.4  # of the top level's capacity: held with room to spare (Locust and Caddy take CPU the probe did not)
+STEP_FACTOR, STEP_BELOW = 1.6, 0.8  # the step: 1.6× the top level's capacity, at most 0.8× the fastest lower level's
 DEMO_BATCH = 8
+PROBE_S = 4.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,7 +63,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "top-1), so the controller may trade accuracy for capacity under load (default)",
     )
     p.add_argument("--batch-size", type=int, default=DEMO_BATCH, help="images per request (default: %(default)s)")
-    p.add_argument("--shape", default="", help=f"open-loop load shape in req/s (default: {FULL_SHAPE})")
+    p.add_argument(
+        "--shape",
+        default="",
+        help="open-loop load shape in req/s (default: a step from 0.4× the top level's measured capacity to 1.6× it, "
+        "at most 0.8× the fastest lower level's, and back)",
+    )
     p.add_argument("--protocol", default="grpc", choices=("http", "grpc", "both"), help="(default: %(default)s)")
     p.add_argument("--workers", type=int, default=0, help="Locust workers (0: one process) (default: 0)")
     p.add_argument(
@@ -102,6 +112,65 @@ def ensure_repository(repository: Path, quick: bool, cache_dir: Path) -> Manifes
 DEMO_SWEEP = SweepOptions(variants="", instances="2", queue_delays_us="off,2000", concurrency="4,16")
 
 
+def calibrated_shape(
+    server: TritonServer,
+    key: str,
+    manifest: Manifest,
+    floor: float,
+    slo_ms: float,
+    load: LoadTestOptions,
+    run_dir: Path,
+    quick: bool,
+) -> tuple[str, dict]:
+    """A step load from this machine's capacities, as Locust sends ``load`` (through the front door when it is
+    on): the top level's and the fastest lower level's capacity within ``slo_ms`` (batching, one instance per
+    core), then the served config put back. Returns the shape and what was measured."""
+    from loadtest.capacity import Capacity, LocustProbe, capacity
+    from tritune.apply import Applier
+    from tritune.client import InferenceClient
+
+    levels = variant_ladder(manifest.variants, floor)
+    if len(levels) < 2:
+        raise ConfigError(
+            f"the accuracy floor {floor:.4f} leaves one accuracy level ({levels[0].cheapest if levels else 'none'}): "
+            "there is no ladder to step down; lower --accuracy-floor or pass --shape"
+        )
+    top, fastest = levels[0], min(levels[1:], key=lambda lv: lv.cost)
+    cores = os.cpu_count() or 1
+    measured: dict[str, float] = {}
+    with InferenceClient(server.grpc_url, "grpc", admin_key=key, timeout_s=120) as client:
+        applier = Applier(client, manifest.public_model)
+        _, served = applier.current()
+        try:
+            start = 200.0 / load.batch_size
+            for lv in (top, fastest):
+                config = ServingConfig(lv.cheapest, instances=cores, dynamic_batching=True, max_queue_delay_us=2000)
+                result = applier.apply(config)
+                if not result.ok:
+                    raise ServerError(f"could not serve {lv.cheapest} to measure it: {result.error}")
+                probe = LocustProbe(
+                    load,
+                    run_dir / f"capacity-{lv.cheapest}",
+                    slo_ms,
+                    seconds=PROBE_S / (2 if quick else 1),
+                    tag=f"    capacity {lv.cheapest}: ",
+                    log=lambda m: print(m, flush=True),
+                )
+                measured[lv.cheapest], _ = capacity(probe, slo_ms, start=start, max_rate=20000.0 / load.batch_size)
+                start = max(start, measured[lv.cheapest])  # the next level down holds at least about as much
+        finally:
+            applier.apply(served)
+    cap = Capacity((max(measured[top.cheapest], 1.0), max(measured[fastest.cheapest], 1.0)))
+    base = round(BASE_SHARE * cap.level(0))
+    step = round(cap.beyond_top(STEP_FACTOR, STEP_BELOW))
+    note = ""
+    if step <= cap.level(0):
+        note = f"; {fastest.cheapest} holds no more than {top.cheapest} here, so the step needs no step down"
+    values = f"{base}/{step}/{base}" if quick else f"{base}/{step}/{base}/{base}"
+    shape = f"step:values={values},step_s={QUICK_STEP_S if quick else FULL_STEP_S}"
+    return shape, {"capacity_req_per_s": measured, "base_req_per_s": base, "step_req_per_s": step, "note": note}
+
+
 def ladder_variants(manifest: Manifest, floor: float) -> str:
     """The cheapest variant of each accuracy level at or above ``floor``, comma-separated."""
     return ",".join(lv.cheapest for lv in variant_ladder(manifest.variants, floor))
@@ -113,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     if args.slo_p99_ms <= 0:
         raise ConfigError(f"--slo-p99-ms must be > 0, got {args.slo_p99_ms}")
     repository = args.repository or (args.cache_dir / "quick-repository" if args.quick else Path("model_repository"))
-    shape = args.shape or (QUICK_SHAPE if args.quick else FULL_SHAPE)
+    shape = args.shape
     do_sweep = (not args.quick) if args.sweep is None else args.sweep
     signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
@@ -163,6 +232,33 @@ def run(args: argparse.Namespace) -> int:
                 run_dir,
                 progress=lambda m: print(f"    {m}", flush=True),
             )
+        load = LoadTestOptions(
+            http_url=public_http,
+            grpc_url=public_grpc,
+            protocol=args.protocol,
+            model=public,
+            batch_size=args.batch_size,
+            shape=shape,
+            open_loop=True,
+            workers=args.workers,
+            repository=repository,
+        )
+        if not shape:
+            _say(
+                f"measuring what this machine holds: Locust at batch {args.batch_size}"
+                + (" through the front door" if door else "")
+                + f", p99 ≤ {args.slo_p99_ms:g} ms"
+            )
+            shape, calibration = calibrated_shape(
+                server, admin_key(key_file), manifest, floor, args.slo_p99_ms, load, run_dir, args.quick
+            )
+            load = replace(load, shape=shape)
+            (run_dir / "calibration.json").write_text(json.dumps({**calibration, "shape": shape}, indent=2))
+            _say(
+                "capacities (req/s): "
+                + ", ".join(f"{k} {v:.0f}" for k, v in calibration["capacity_req_per_s"].items())
+                + f" → base {calibration['base_req_per_s']}, step {calibration['step_req_per_s']}{calibration['note']}"
+            )
         decisions = run_dir / "decisions.jsonl"
         orch = ocli.build(
             OrchestrateOptions(
@@ -203,21 +299,7 @@ def run(args: argparse.Namespace) -> int:
             if door is not None and (door.proc is None or door.proc.poll() is not None):
                 raise ServerError(f"the front door (caddy) exited during the demo; see {door.log_path}")
 
-        result = run_locust(
-            LoadTestOptions(
-                http_url=public_http,
-                grpc_url=public_grpc,
-                protocol=args.protocol,
-                model=public,
-                batch_size=args.batch_size,
-                shape=shape,
-                open_loop=True,
-                workers=args.workers,
-                repository=repository,
-            ),
-            run_dir=run_dir,
-            progress=progress,
-        )
+        result = run_locust(load, run_dir=run_dir, progress=progress)
     except KeyboardInterrupt:
         _say("interrupted: stopping everything")
         return 130

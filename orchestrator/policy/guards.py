@@ -1,6 +1,7 @@
 """Guard rails around any policy: hardware bounds (instances × threads ≤ cores on the CPU, free GPU memory), step
-limits, separate up and down delays (a proposal must persist), a cool-down after each action, and the accuracy
-floor as a hard limit.
+limits, separate up and down delays (a proposal must persist: an up proposal over a span its quiet windows do not
+outnumber, or at once where the backlog grows from one pressed window to the next), a cool-down after each action,
+and the accuracy floor as a hard limit.
 
 :class:`GuardConfig`'s defaults are the only ones: the orchestrate command's options and the benchmarks read them
 from here.
@@ -11,9 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from orchestrator.metrics import Window
-from orchestrator.policy.signals import instance_cap, usable_cores
+from orchestrator.policy.signals import has_backlog, instance_cap, usable_cores
 from orchestrator.policy.types import Action, Context, Decision, Direction, Proposal, Rule
 from tritune.serving import ServingConfig
+
+# A backlog at least this much larger than the last pressed window's: the load outruns the config, act now.
+GROWING_BACKLOG = 1.5
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,15 @@ class GuardState:
     direction: Direction | None = None
     since_s: float | None = None
     last_action_s: float | None = None
+    # Evidence over the span of an up proposal: windows that proposed it and windows that proposed nothing. Under
+    # an overload, windows alternate between "pressure" and "within the SLO band" (a drained queue, a lagging
+    # summary); resetting on each quiet window restarted the delay again and again while clients saw p99s in the
+    # hundreds of ms. The span ends only when its quiet windows outnumber its pressed ones.
+    pressed: int = 0
+    quiet: int = 0
+    # Pending requests in the span's last pressed window: a backlog that grows from one pressed window to the next
+    # is an overload, not a stall of the machine (a stall's queue drains), and skips the rest of the delay.
+    last_pending: float | None = None
 
 
 def guard(
@@ -46,15 +59,34 @@ def guard(
 ) -> tuple[Decision, GuardState]:
     """Clamp a proposal to the hardware and step limits and hold it until its direction has persisted."""
     if proposal is None:
-        return Decision(Action.HOLD, Rule.STEADY, "within the SLO band"), replace(state, direction=None, since_s=None)
-    since = state.since_s if state.direction == proposal.direction and state.since_s is not None else now_s
-    state = replace(state, direction=proposal.direction, since_s=since)
+        steady = Decision(Action.HOLD, Rule.STEADY, "within the SLO band")
+        if state.direction == Direction.UP and state.quiet + 1 <= state.pressed:
+            return steady, replace(state, quiet=state.quiet + 1)  # one quiet window does not end an overload's span
+        return steady, replace(state, direction=None, since_s=None, pressed=0, quiet=0, last_pending=None)
+    same = state.direction == proposal.direction and state.since_s is not None
+    since = state.since_s if same else now_s
+    growing = (
+        proposal.direction == Direction.UP
+        and same
+        and state.last_pending is not None
+        and has_backlog(w.pending_requests, current.instances)
+        and w.pending_requests > state.last_pending * GROWING_BACKLOG
+    )
+    state = replace(
+        state,
+        direction=proposal.direction,
+        since_s=since,
+        pressed=(state.pressed if same else 0) + 1,
+        quiet=state.quiet if same else 0,
+        last_pending=w.pending_requests,
+    )
     delay = g.delay_s(proposal.direction)
-    if now_s - since < delay:
+    if now_s - since < delay and not growing:
         return Decision(
             Action.HOLD,
             f"waiting-{proposal.direction}-delay",
-            f"{proposal.rule} proposed for {now_s - since:.1f}/{delay:g} s",
+            f"{proposal.rule} proposed for {now_s - since:.1f}/{delay:g} s"
+            + (f" ({state.pressed} of {state.pressed + state.quiet} windows)" if state.quiet else ""),
         ), state
     if state.last_action_s is not None and now_s - state.last_action_s < g.cooldown_s:
         return Decision(

@@ -126,6 +126,15 @@ class ServiceProfile:
         held = sum(1 for _, load, p in windows if not p and load >= offered * STRAIN_MARGIN)
         return pressed > held
 
+    def held(self, variant: str, instances: int, offered: float, now_s: float) -> bool:
+        """Whether ``variant`` at ``instances`` held ``offered`` (images/s per replica) in most of its recent
+        windows at about that load: the counts of :meth:`strained` the other way round, with at least
+        ``LEARNED_WINDOWS`` that held."""
+        windows = [s for s in dict(self.seen).get((variant, instances), ()) if now_s - s[0] <= STRAIN_MEMORY_S]
+        pressed = sum(1 for _, load, p in windows if p and load <= offered / STRAIN_MARGIN)
+        held = sum(1 for _, load, p in windows if not p and load >= offered * STRAIN_MARGIN)
+        return held >= LEARNED_WINDOWS and held > pressed
+
     def rate(self, variant: str, instances: int) -> float | None:
         """The median learned rate of ``variant`` at ``instances``, once enough windows measured it."""
         rates = dict(self.rates).get((variant, instances), ())

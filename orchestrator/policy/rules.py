@@ -3,7 +3,7 @@
 At any load it first proposes a variant that dominates the current one (as accurate, much cheaper). Under pressure
 it climbs: dynamic batching (with an instance more in the same reload when latency is far over the SLO) → another
 instance → a longer queue delay → a faster variant at or above the accuracy floor. When the load is light it walks
-back: a more accurate variant if the capacity model says it fits → a shorter delay → fewer instances.
+back: the most accurate variant the capacity model says fits, in one reload → a shorter delay → fewer instances.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from orchestrator.metrics import Window
-from orchestrator.policy.profile import RateSource
+from orchestrator.policy.profile import RateSource, offered_per_replica
 from orchestrator.policy.signals import (
     Pressure,
     Thresholds,
@@ -154,7 +154,12 @@ class RulePolicy:
             elif instance_cap(ctx, w) < instance_cap(ctx):
                 # Other processes hold the cores another instance would need, and they (a client on this machine
                 # among them) queue for the CPU behind Triton's busy instances, which Triton's own latency does not
-                # show: a cheaper variant is the capacity left.
+                # show: a cheaper variant is the capacity left. Unless this config held this load in most of its
+                # recent windows: busy shares judged on short windows beside a neighbour flicker, and one busy
+                # window is no reason to give up accuracy while latency is in bounds (a miss is pressure of
+                # another kind, which this does not hold back).
+                if ctx.profile.held(c.variant, c.instances, offered_per_replica(w), w.end_s):
+                    return
                 yield from self._faster(w, c, ctx, f"{why.reason} on the {usable_cores(ctx, w)} core(s) left to Triton")
             return
         if not c.dynamic_batching:
@@ -239,7 +244,8 @@ class RulePolicy:
                 (v for v in ctx.allowed_variants() if v.comparison(current).verdict == AccuracyVerdict.BETTER),
                 key=lambda v: v.latency_ms_b32,
             )
-            for v in more:  # the cheapest more accurate variant predicted to fit comes first
+            fitting = []
+            for v in more:
                 predicted = ctx.profile.predict(w, c, v.name, ctx, util)
                 target = (
                     self.thresholds.restore_learned_utilization
@@ -247,6 +253,17 @@ class RulePolicy:
                     else self.thresholds.restore_target_utilization
                 )
                 if predicted.utilization < target:
+                    fitting.append((v, predicted))
+            # Back up in one reload: the most accurate level predicted to hold (its cheapest member among those the
+            # paired test cannot tell from it), not the next rung and then another; each reload costs a drain and
+            # the first requests on cold sessions. The other fitting variants follow, most accurate first, for when
+            # the first is tabu.
+            if fitting:
+                best = max(fitting, key=lambda vp: vp[0].top1)[0]
+                level = [vp for vp in fitting if vp[0].not_worse_than(best)]
+                first = min(level, key=lambda vp: vp[0].latency_ms_b32)
+                rest = sorted((vp for vp in fitting if vp is not first), key=lambda vp: -vp[0].top1)
+                for v, predicted in (first, *rest):
                     yield Proposal(
                         replace(c, variant=v.name),
                         Direction.DOWN,

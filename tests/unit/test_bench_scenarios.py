@@ -7,7 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from bench.scenarios import SCENARIOS, Capacity, change_points, convergence, steps
+from bench.scenarios import (
+    SCENARIOS,
+    Capacity,
+    change_points,
+    change_values,
+    convergence,
+    frontier,
+    missed_after_unforced,
+    missed_per_change,
+    step_to_serving,
+    steps,
+)
 
 
 def windows(missed: set[float], end_s: float) -> list[dict]:
@@ -31,7 +42,7 @@ def test_every_scenario_builds_its_load_from_the_measured_capacities():
     assert Capacity((1000.0, 3000.0)).beyond_top() == pytest.approx(1400.0)
     # a lower level no faster than the top (distilled beside pruned): the cap comes from the fastest below
     assert Capacity((1600.0, 1600.0, 2200.0, 2062.5)).beyond_top() == pytest.approx(1760.0)
-    assert len(SCENARIOS) == 7
+    assert len(SCENARIOS) == 8
     for s in SCENARIOS.values():
         shape = s.shape(c)
         peak = max(v for _, v in shape.timeline(1.0))
@@ -51,3 +62,37 @@ def test_the_recorded_scenarios_render_as_the_tables_benchmarks_md_shows():
         for arm in medians:
             assert f"| {arm} | {medians[arm]['share_meeting_slo']:.0%} |" in text
         assert "Goals: " in text
+
+
+def test_missed_windows_per_step_and_the_seconds_from_a_step_to_the_new_config_serving():
+    shape = steps((30, 100), (45, 400), (120, 100))
+    changes = change_points(shape)
+    assert change_values(shape) == [100, 400, 100]
+    ws = windows({30, 35, 105}, shape.duration_s)
+    assert missed_per_change(ws, changes, shape.duration_s) == [2, 1]
+    actions = [
+        {"at_s": -7.0, "rule": "provision-headroom", "apply_s": 0.4},
+        {"at_s": 31.2, "rule": "faster-variant", "apply_s": 0.3},
+        {"at_s": 104.0, "rule": "restore-variant", "apply_s": 0.5},
+    ]
+    assert step_to_serving(changes, actions, shape.duration_s) == [1.5, 29.5]
+    assert step_to_serving(changes, actions[:2], shape.duration_s) == [1.5, None]
+    # the window after the restore missed: a reload the load did not force cost it (the step's misses do not count)
+    assert missed_after_unforced(ws, actions, 5.0) == [105.0]
+
+
+def test_the_frontier_and_who_dominates_whom():
+    points = {"default": (0.0, 0.98), "static": (1.0, 0.92), "static_base": (0.9, 0.96), "orchestrator": (0.9, 0.961)}
+    front, by = frontier(points)
+    assert front == ["default", "static", "orchestrator"]
+    assert by["static_base"] == ["orchestrator"] and by["orchestrator"] == []
+    assert frontier({"a": (0.9, 0.9), "b": (0.9, 0.9)})[0] == ["a", "b"]  # equal points dominate nothing
+    _, by = frontier({"static": (1.0, 0.96), "orchestrator": (0.95, 0.96)})
+    assert by["orchestrator"] == ["static"]  # as accurate and more windows met
+
+
+def test_the_steep_step_goes_to_three_times_its_base_beyond_the_top_level():
+    c = Capacity((1000.0, 3000.0))
+    timeline = [v for _, v in SCENARIOS["steep_step"].shape(c).timeline(1.0)]
+    base, peak = timeline[0], max(timeline)
+    assert peak == pytest.approx(3 * base) and peak > c.level(0) and peak <= 0.8 * c.fastest_below_top()

@@ -131,6 +131,50 @@ def test_scale_up_on_queueing_waits_for_the_upscale_delay_then_enables_batching(
     assert gpu.log[0][2] == "enable-dynamic-batching" and gpu.config.preferred_batch_sizes == (4, 8, 16)
 
 
+def steady(t, instances=1, **kw):
+    """A window within the SLO band: an overload's queue just drained, or a summary lagging behind it."""
+    return win(t, latency_ms=12.0, util=0.6, rate=400, instances=instances, **kw)
+
+
+def test_an_overload_whose_windows_flicker_still_adds_up_to_an_action():
+    """Pressure, steady, pressure…: each steady window used to restart the up delay, so an overload whose windows
+    alternate never acted. The span now counts its evidence: it ends only when quiet windows outnumber pressed."""
+    sim = Sim(ctx())
+    for _ in range(2):
+        sim.tick(overloaded)
+        sim.tick(steady)
+    assert sim.log[0][1:] == ("apply", "enable-dynamic-batching") and sim.log[0][0] == 6.0  # 4 s after t=2
+
+
+def test_a_single_stall_is_outvoted_and_does_not_act():
+    sim = Sim(ctx())
+    sim.tick(overloaded)  # one window of pressure (a stall of the machine) …
+    sim.run(4, steady)  # … then the queue is gone: two quiet windows end the span
+    decisions = [sim.tick(overloaded)]
+    assert sim.log == [] and decisions[0].rule == "waiting-up-delay"  # a new span, its delay from the start
+
+
+def test_a_growing_backlog_acts_at_once_a_draining_one_waits():
+    sim = Sim(ctx())
+    sim.tick(overloaded, pending_requests=40)
+    sim.tick(overloaded, pending_requests=100)  # the load outruns the config: no need to wait out the delay
+    assert sim.log == [(4.0, "apply", "enable-dynamic-batching")]
+    draining = Sim(ctx())
+    draining.tick(overloaded, pending_requests=100)
+    assert draining.tick(overloaded, pending_requests=60).rule == "waiting-up-delay"  # a stall's queue drains
+
+
+def test_light_load_must_persist_without_a_break():
+    """The span counting is for overloads only: a down move gives capacity back, and a window that is not light
+    restarts its delay as before."""
+    sim = Sim(ctx(), ServingConfig("fp32", 2, 1, True, 2000, (4, 8, 16)))
+    light_window = lambda t, **kw: win(t, latency_ms=2.0, util=0.05, rate=5, **kw)  # noqa: E731
+    for _ in range(8):
+        sim.tick(light_window)
+        sim.tick(steady)
+    assert sim.log == []
+
+
 def test_sustained_overload_climbs_the_ladder_one_action_at_a_time_and_stays_above_the_floor():
     sim = Sim(ctx(floor=0.97))
     sim.run(160, overloaded_by)
@@ -160,12 +204,14 @@ def test_degraded_variant_is_restored_when_load_falls():
     sim.run(18, lambda t, **kw: win(t, latency_ms=3.0, util=0.10, **kw))
     assert sim.log == []  # light for less than the downscale delay: nothing yet
     sim.run(10, lambda t, **kw: win(t, latency_ms=3.0, util=0.10, **kw))
-    assert sim.log[0][2] == "restore-variant" and sim.config.variant == "int8"  # the cheapest that fits
+    # back to the most accurate level predicted to hold, in one reload (not int8, then fp16, then fp32)
+    assert sim.log[0][2] == "restore-variant" and sim.config.variant in ("fp32", "fp16")
     sim.run(300, lambda t, **kw: win(t, latency_ms=3.0, util=0.10, **kw))
     assert sim.config.variant in ("fp32", "fp16") and sim.config.instances == 1
     assert sim.config.max_queue_delay_us == 1000  # the batching delay walked back down to its first step
     rules = [r for _, _, r in sim.log]
     assert rules.count("remove-instance") == 1 and "shorten-queue-delay" in rules and "rollback" not in rules
+    assert rules.count("restore-variant") == 1
 
 
 def test_scale_down_when_idle():
