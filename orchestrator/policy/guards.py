@@ -1,6 +1,7 @@
 """Guard rails around any policy: hardware bounds (instances × threads ≤ cores on the CPU, free GPU memory), step
 limits, separate up and down delays (a proposal must persist: an up proposal over a span its quiet windows do not
-outnumber, or at once where the backlog grows from one pressed window to the next), a cool-down after each action,
+outnumber, or at once where a backlog stands in two pressed windows in a row and grows or keeps the mean far over
+the SLO), a cool-down after each action,
 and the accuracy floor as a hard limit.
 
 :class:`GuardConfig`'s defaults are the only ones: the orchestrate command's options and the benchmarks read them
@@ -16,8 +17,10 @@ from orchestrator.policy.signals import has_backlog, instance_cap, usable_cores
 from orchestrator.policy.types import Action, Context, Decision, Direction, Proposal, Rule
 from tritune.serving import ServingConfig
 
-# A backlog at least this much larger than the last pressed window's: the load outruns the config, act now.
+# A backlog at least this much larger than the last pressed window's, or a mean latency this many times the SLO
+# on a standing backlog: the load outruns the config, act now.
 GROWING_BACKLOG = 1.5
+FAR_OVER_SLO = 2.0
 
 
 @dataclass(frozen=True)
@@ -65,12 +68,19 @@ def guard(
         return steady, replace(state, direction=None, since_s=None, pressed=0, quiet=0, last_pending=None)
     same = state.direction == proposal.direction and state.since_s is not None
     since = state.since_s if same else now_s
+    # Two pressed windows in a row, each with a backlog, the second's larger by half or its mean far over the SLO:
+    # the load outruns the config. A stall of the machine drains its queue in the next window. (The client may
+    # cap what is in flight, so a standing backlog need not grow: then the mean says it.)
     growing = (
         proposal.direction == Direction.UP
         and same
         and state.last_pending is not None
+        and has_backlog(state.last_pending, current.instances)
         and has_backlog(w.pending_requests, current.instances)
-        and w.pending_requests > state.last_pending * GROWING_BACKLOG
+        and (
+            w.pending_requests > state.last_pending * GROWING_BACKLOG
+            or w.avg_latency_ms > FAR_OVER_SLO * ctx.objective.p99_latency_ms
+        )
     )
     state = replace(
         state,
