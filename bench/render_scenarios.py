@@ -89,12 +89,20 @@ def render(name: str, record: dict) -> str:
             for run in runs
         ]
         missed = [", ".join(map(str, run["orchestrator"]["missed_windows_per_change"])) for run in runs]
+        decided = [
+            ", ".join("–" if x is None else f"{x:g} s" for x in run["orchestrator"].get("step_to_decision_s", []))
+            for run in runs
+        ]
         unforced = [len(run["orchestrator"]["missed_after_unforced_reload_start_s"]) for run in runs]
         m = r["median"]["orchestrator"]
         lines += [
             "Missed windows per change of load: " + " | ".join(missed) + "; step to serving (change → the new "
-            "config serving): " + " | ".join(serving) + f" (median over steps up {m['step_to_serving_s_median']} s, "
-            f"worst {m['step_to_serving_s_worst']} s); missed after a reload the load did not force: "
+            "config serving, its reload included): "
+            + " | ".join(serving)
+            + f" (median over steps up {m['step_to_serving_s_median']} s, "
+            f"worst {m['step_to_serving_s_worst']} s); of which deciding: "
+            + " | ".join(decided)
+            + "; missed after a reload the load did not force: "
             + ", ".join(map(str, unforced))
             + ".",
             "Frontier (windows met, served top-1): "

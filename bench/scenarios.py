@@ -306,13 +306,25 @@ def missed_after_unforced(windows: list[dict], actions: list[dict], window_s: fl
 
 
 def step_to_serving(changes: list[float], actions: list[dict], end_s: float) -> list[float | None]:
-    """Seconds from each change of load to the first action after it serving (its time + its apply time), within
-    that change's span; None where no action came."""
+    """Seconds from each change of load to the first action after it serving, within that change's span; None
+    where no action came. An action's ``at_s`` is when the orchestrator logged it, after the load returned with
+    the new config READY: the moment it serves (its ``apply_s`` is already inside)."""
     bounds = [*changes, end_s]
     out = []
     for i, t in enumerate(changes):
         first = next((a for a in sorted(actions, key=lambda a: a["at_s"]) if t <= a["at_s"] < bounds[i + 1]), None)
-        out.append(None if first is None else round(first["at_s"] + first.get("apply_s", 0.0) - t, 2))
+        out.append(None if first is None else round(first["at_s"] - t, 2))
+    return out
+
+
+def step_to_decision(changes: list[float], actions: list[dict], end_s: float) -> list[float | None]:
+    """Seconds from each change of load to the decision of the first action after it (its log time less its
+    apply time): how long the controller took to see the step, apart from the reload."""
+    bounds = [*changes, end_s]
+    out = []
+    for i, t in enumerate(changes):
+        first = next((a for a in sorted(actions, key=lambda a: a["at_s"]) if t <= a["at_s"] < bounds[i + 1]), None)
+        out.append(None if first is None else round(first["at_s"] - first.get("apply_s", 0.0) - t, 2))
     return out
 
 
@@ -397,6 +409,7 @@ def summarize(bench, scenario, shape, result: LoadResult, arm, start_config, act
         ]
         out.update(
             step_to_serving_s=step_to_serving(change_points(shape), timed, shape.duration_s),
+            step_to_decision_s=step_to_decision(change_points(shape), timed, shape.duration_s),
             missed_after_unforced_reload_start_s=missed_after_unforced(windows, timed, WINDOW_S),
         )
     else:

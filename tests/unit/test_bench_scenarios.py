@@ -16,6 +16,7 @@ from bench.scenarios import (
     frontier,
     missed_after_unforced,
     missed_per_change,
+    step_to_decision,
     step_to_serving,
     steps,
 )
@@ -75,8 +76,10 @@ def test_missed_windows_per_step_and_the_seconds_from_a_step_to_the_new_config_s
         {"at_s": 31.2, "rule": "faster-variant", "apply_s": 0.3},
         {"at_s": 104.0, "rule": "restore-variant", "apply_s": 0.5},
     ]
-    assert step_to_serving(changes, actions, shape.duration_s) == [1.5, 29.5]
-    assert step_to_serving(changes, actions[:2], shape.duration_s) == [1.5, None]
+    # an action is logged once its load returned (READY): that is when it serves; its apply time came before
+    assert step_to_serving(changes, actions, shape.duration_s) == [1.2, 29.0]
+    assert step_to_serving(changes, actions[:2], shape.duration_s) == [1.2, None]
+    assert step_to_decision(changes, actions, shape.duration_s) == [0.9, 28.5]
     # the window after the restore missed: a reload the load did not force cost it (the step's misses do not count)
     assert missed_after_unforced(ws, actions, 5.0) == [105.0]
 
