@@ -318,6 +318,15 @@ def read_requests(run_dir: Path) -> list[dict]:
     return rows
 
 
+def _csv_number(text: str | None) -> float | None:
+    """A number from Locust's stats CSV, which writes "N/A" for a percentile no successful request measured (every
+    request of a row failed) and leaves some cells empty."""
+    try:
+        return float(text) if text not in (None, "", "N/A") else None
+    except ValueError:
+        return None
+
+
 def collect(run_dir: Path, exit_code: int) -> LoadTestResult:
     """Read what Locust and the users wrote into one result (also written as ``result.json``)."""
     summary_path = run_dir / "locust_summary.json"
@@ -338,10 +347,10 @@ def collect(run_dir: Path, exit_code: int) -> LoadTestResult:
                 stats[f"{row['Type']} {row['Name']}".strip()] = {
                     "requests": int(row["Request Count"]),
                     "failures": int(row["Failure Count"]),
-                    "p50_ms": float(row["50%"] or 0),
-                    "p95_ms": float(row["95%"] or 0),
-                    "p99_ms": float(row["99%"] or 0),
-                    "throughput_req_per_s": round(float(row["Requests/s"] or 0), 1),
+                    "p50_ms": _csv_number(row["50%"]),
+                    "p95_ms": _csv_number(row["95%"]),
+                    "p99_ms": _csv_number(row["99%"]),
+                    "throughput_req_per_s": round(_csv_number(row["Requests/s"]) or 0.0, 1),
                 }
     rows = read_requests(run_dir)
     ok = np.array([r["latency_ms"] for r in rows if r["ok"]])

@@ -78,3 +78,22 @@ def test_wrong_answers_are_reported_as_a_share_of_the_answered_images_not_of_the
 def test_answers_without_labels_are_not_called_right():
     summary = {"requests": 10, "failures": 0, "wrong_answers": 0, "answers_checked": False}
     assert answers(summary).startswith("answers not checked")
+
+
+def test_a_stats_row_whose_requests_all_failed_reads_na_as_no_figure(tmp_path):
+    """Locust writes "N/A" for the percentiles of a row no request succeeded in: no figure, not a crash."""
+    import json
+
+    from loadtest.run import collect
+
+    (tmp_path / "locust_summary.json").write_text(json.dumps({"requests": 4, "failures": 4}))
+    (tmp_path / "locust_stats.csv").write_text(
+        "Type,Name,Request Count,Failure Count,50%,95%,99%,Requests/s\n"
+        "HTTP,cnn [batch 32],4,4,N/A,N/A,N/A,0.8\n"
+        "Aggregated,,4,4,,,,\n"
+    )
+    stats = collect(tmp_path, 1).summary["stats"]
+    assert stats["HTTP cnn [batch 32]"] == {
+        "requests": 4, "failures": 4, "p50_ms": None, "p95_ms": None, "p99_ms": None, "throughput_req_per_s": 0.8
+    }  # fmt: skip
+    assert stats["Aggregated"]["throughput_req_per_s"] == 0.0
