@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: install caddy datasets lint format test test-unit build demo bench clean
+.PHONY: install caddy datasets lint format test test-unit build demo bench peers clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -58,6 +58,11 @@ demo: install
 
 bench: install
 	$(PY) bench/variants.py --build
+
+# perf_analyzer, Model Analyzer and the proxies measured beside Caddy, under ./.peers (bench/install_peers.sh);
+# then `.venv/bin/python bench/peers.py` (docs/benchmarks.md#peers). Not part of `make test`.
+peers: install
+	PEERS=.peers bash bench/install_peers.sh
 
 clean:
 	rm -rf model_repository/cnn* model_repository/manifest.json .cache .pytest_cache .ruff_cache

@@ -32,7 +32,9 @@ def small_sweep(bench: Bench) -> dict:
     with bench.server("sweep") as server:
         applier = bench.applier(server)
         gen = SweepGenerator(space, applier.current()[1], bench.slo_ms)
-        return run_sweep(gen, applier, server.grpc_url, "cnn", bench.images, bench.labels, rule=StabilityRule())
+        return run_sweep(
+            gen, applier, server.http_url, "cnn", bench.images, bench.labels, rule=StabilityRule(), protocol="http"
+        )
 
 
 def run_arm(bench: Bench, arm: str, shape, oracle, tag: str, lead_in_s: float = 0.0) -> dict:

@@ -74,12 +74,13 @@ def oracle_sweep(bench: Bench, args) -> dict:
         return run_sweep(
             gen,
             applier,
-            server.grpc_url,
+            server.http_url,
             "cnn",
             bench.images,
             bench.labels,
             rule=StabilityRule(window_s=2.0, max_windows=6),
             progress=lambda m: print(m, file=sys.stderr, flush=True),
+            protocol="http",
         )
 
 

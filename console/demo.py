@@ -224,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
                     DEMO_SWEEP,
                     repository=repository,
                     url=server.grpc_url,
+                    http_url=server.http_url,
                     variants=ladder_variants(manifest, floor),
                     admin_key_file=key_file,
                     slo_p99_ms=args.slo_p99_ms,

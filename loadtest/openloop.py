@@ -96,6 +96,14 @@ class Record:
     # so that a top-1 from these records is per image, as the manifest's is (not the share of all-right requests).
     correct: int | None = None
     images: int = 1
+    # When the request really left (since start): later than scheduled by the loop's own slack (asyncio sleeps to
+    # the millisecond epoll rounds up to; a busy loop). ``latency_ms`` counts that slack, as an open-loop client
+    # must; ``latency_ms - lag`` is what perf_analyzer and Locust report (timed from their own send).
+    sent_s: float | None = None
+
+    @property
+    def from_send_ms(self) -> float:
+        return self.latency_ms - 1000 * (self.sent_s - self.scheduled_s) if self.sent_s is not None else self.latency_ms
 
 
 @dataclass
@@ -141,12 +149,16 @@ class LoadResult:
         lat = np.array([r.latency_ms for r in rs if r.ok])
         good = sum(1 for r in rs if r.ok and (slo_ms is None or r.latency_ms <= slo_ms))
         span = max(self.duration_s - skip_s, 1e-9)
+        sent = np.array([r.from_send_ms for r in rs if r.ok])
         return {
             "requests": len(rs),
             "failed": sum(1 for r in rs if not r.ok),
             "wrong_answers": sum(r.images - r.correct for r in rs if r.correct is not None),  # images, not requests
             "p50_ms": slo.percentile_ms(lat, 50),
             "p99_ms": slo.percentile_ms(lat, 99),
+            # timed from the real send, as perf_analyzer times its requests (docs/benchmarks.md#peers)
+            "p50_from_send_ms": slo.percentile_ms(sent, 50),
+            "p99_from_send_ms": slo.percentile_ms(sent, 99),
             "throughput_per_s": round(sum(1 for r in rs if r.ok) / span, 1),
             "goodput_per_s": round(good / span, 1),
         }
@@ -198,24 +210,25 @@ class _Grpc:
 
     def send(self, k: int, scheduled: float) -> None:
         self.i += 1
-        task = asyncio.ensure_future(self._call(self.calls[self.i % len(self.calls)], k, scheduled))
+        sent = time.perf_counter() - self.load._start
+        task = asyncio.ensure_future(self._call(self.calls[self.i % len(self.calls)], k, scheduled, sent))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _call(self, call, k: int, scheduled: float) -> None:
+    async def _call(self, call, k: int, scheduled: float, sent: float) -> None:
         try:
             reply = await call(self.payloads[k], timeout=self.load.timeout_s)
         except grpc.aio.AioRpcError as exc:
-            self.load._record(k, scheduled, None, f"[{exc.code()}] {exc.details()}")
+            self.load._record(k, scheduled, None, f"[{exc.code()}] {exc.details()}", sent)
         except Exception as exc:  # the channel itself failed: count it, keep the schedule
-            self.load._record(k, scheduled, None, f"{type(exc).__name__}: {exc}")
+            self.load._record(k, scheduled, None, f"{type(exc).__name__}: {exc}", sent)
         else:
             scores = None
             if self.load.judged is not None:  # parsed only where answers are checked
                 response = service_pb2.ModelInferResponse.FromString(reply)
                 at = next(i for i, o in enumerate(response.outputs) if o.name == self.load.judged)
                 scores = response.raw_output_contents[at]
-            self.load._record(k, scheduled, scores)
+            self.load._record(k, scheduled, scores, None, sent)
 
     async def drain(self, timeout_s: float) -> None:
         if self.tasks:
@@ -233,14 +246,14 @@ class _HttpConnection(asyncio.Protocol):
         self.http = http
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
-        self.pending: tuple[int, float] | None = None  # (payload index, scheduled time)
+        self.pending: tuple[int, float, float] | None = None  # (payload index, scheduled time, sent time)
         self.deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
 
     def start(self, k: int, scheduled: float) -> None:
-        self.pending = (k, scheduled)
+        self.pending = (k, scheduled, time.perf_counter() - self.http.load._start)
         self.deadline = self.http.loop.call_later(self.http.load.timeout_s, self.transport.abort)
         self.transport.write(self.http.payloads[k])
 
@@ -269,10 +282,10 @@ class _HttpConnection(asyncio.Protocol):
             self.http.idle(self)
 
     def _finish(self, logits: bytes | None, error: str | None) -> None:
-        k, scheduled = self.pending
+        k, scheduled, sent = self.pending
         self.pending = None
         self.deadline.cancel()
-        self.http.load._record(k, scheduled, logits, error)
+        self.http.load._record(k, scheduled, logits, error, sent)
 
     def connection_lost(self, exc) -> None:
         self.transport = None
@@ -428,6 +441,7 @@ class OpenLoopLoad:
         self.judged = classifier.name if classifier is not None and self.labels is not None else None
         self._scores_dtype = classifier.dtype.newbyteorder("<") if classifier is not None else None
         self._stop = threading.Event()
+        self._on_answer: Callable[[bool], None] | None = None  # the closed loop's next send
         # One request per distinct window of samples, serialized before the clock starts: request i carries
         # samples (i·batch + k) mod n.
         self.windows = [[(i * batch + k) % n for k in range(batch)] for i in range(n // math.gcd(n, batch))]
@@ -442,18 +456,22 @@ class OpenLoopLoad:
             return {k: np.ascontiguousarray(v[idx]) for k, v in self.inputs.items()}
         return {k: np.ascontiguousarray(v[idx[0]]) for k, v in self.inputs.items()}
 
-    def _record(self, k: int, scheduled: float, scores: bytes | None, error: str | None = None) -> None:
+    def _record(
+        self, k: int, scheduled: float, scores: bytes | None, error: str | None = None, sent: float | None = None
+    ) -> None:
         latency = (time.perf_counter() - self._start - scheduled) * 1000
         self._answered += 1
         if error is not None:
-            self._result.records.append(Record(scheduled, latency, False, error[:200]))
-            return
-        correct = None
-        if self.judged is not None and scores is not None:
-            window = self.windows[k]
-            classes = predicted(np.frombuffer(scores, self._scores_dtype).reshape(len(window), -1))
-            correct = int((classes == self.labels[window]).sum())
-        self._result.records.append(Record(scheduled, latency, True, None, correct, len(self.windows[k])))
+            self._result.records.append(Record(scheduled, latency, False, error[:200], sent_s=sent))
+        else:
+            correct = None
+            if self.judged is not None and scores is not None:
+                window = self.windows[k]
+                classes = predicted(np.frombuffer(scores, self._scores_dtype).reshape(len(window), -1))
+                correct = int((classes == self.labels[window]).sum())
+            self._result.records.append(Record(scheduled, latency, True, None, correct, len(self.windows[k]), sent))
+        if self._on_answer is not None:
+            self._on_answer(error is not None)
 
     def run(self, duration_s: float, rate: RateFn) -> LoadResult:
         # The collector would scan every record and call kept so far, more often the more requests are in flight:
@@ -466,6 +484,68 @@ class OpenLoopLoad:
         finally:
             if was_enabled:
                 gc.enable()
+
+    def run_closed(
+        self, duration_s: float, concurrency: int, until: Callable[[LoadResult, float], bool] | None = None
+    ) -> LoadResult:
+        """Closed loop: ``concurrency`` requests in flight, each answer sending the next at once (perf_analyzer's
+        concurrency mode), for ``duration_s`` or until ``until(result so far, seconds since start)`` is true
+        (asked every 50 ms). A record's ``scheduled_s`` is its real send time: a closed loop has no schedule, and
+        its latency runs from the send. The same pre-serialized requests and transports as the open loop, so what
+        the loop measures is the server's, not this client's: on 2 cores a thread per request with tritonclient
+        cost 2× perf_analyzer's CPU and reported 25% less throughput at concurrency 1."""
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return asyncio.run(self._run_closed(duration_s, max(1, concurrency), until))
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    async def _run_closed(self, duration_s: float, concurrency: int, until) -> LoadResult:
+        load = self._result = LoadResult()
+        self._sent = self._answered = 0
+        transport = self._transport
+        await transport.open()
+        loop = asyncio.get_running_loop()
+        n = len(self.windows)
+        done = False
+
+        def send() -> None:
+            if done:
+                return
+            transport.send(self._sent % n, time.perf_counter() - self._start)
+            self._sent += 1
+
+        def answered(failed: bool) -> None:
+            # The next send leaves after the answering callback returns (an HTTP connection is idle only then), and
+            # after 10 ms where the request failed: a failing server must not turn the loop into a busy one.
+            loop.call_later(0.01, send) if failed else loop.call_soon(send)
+
+        self._on_answer = answered
+        cpu0 = time.process_time()
+        start = self._start = time.perf_counter()
+        try:
+            for _ in range(concurrency):
+                send()
+            while not self._stop.is_set():
+                now = time.perf_counter() - start
+                if now >= duration_s or (until is not None and until(load, now)):
+                    break
+                await asyncio.sleep(0.05)
+            done = True
+            load.duration_s = time.perf_counter() - start
+            await transport.drain(self.timeout_s + 5)
+        finally:
+            done = True
+            self._on_answer = None
+            wall = time.perf_counter() - start
+            cpu = time.process_time() - cpu0
+            await transport.close()
+        load.sent = self._sent
+        load.generator = GeneratorCost(cpu, wall, None, None)
+        load.records.sort(key=lambda r: r.scheduled_s)
+        return load
 
     async def _run(self, duration_s: float, rate: RateFn) -> LoadResult:
         load = self._result = LoadResult()

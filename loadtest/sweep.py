@@ -187,8 +187,10 @@ def run_sweep(
     rule: StabilityRule = StabilityRule(),
     progress: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    protocol: str = "grpc",
 ) -> dict:
-    """Drive the generator against a live Triton; the config served before the sweep is restored at the end."""
+    """Drive the generator against a live Triton; the config served before the sweep is restored at the end.
+    ``url`` is where the measurements go, over ``protocol`` (HTTP: the cheaper client, docs/benchmarks.md#peers)."""
     original = applier.current()[1]
     current = original
     try:
@@ -202,7 +204,7 @@ def run_sweep(
                 if not res.ok:
                     raise TrituneError(f"the sweep could not apply {target.describe()}: {res.error}")
                 current = target
-            m = measure(url, model, images, labels, point.concurrency, batch, rule)
+            m = measure(url, model, images, labels, point.concurrency, batch, rule, protocol=protocol)
             gen.tell(point, m)
             if progress:
                 c = point.config

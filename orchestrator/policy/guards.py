@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from orchestrator.metrics import Window
-from orchestrator.policy.signals import has_backlog, instance_cap, usable_cores
+from orchestrator.policy.signals import backlog_pressure, has_backlog, instance_cap, usable_cores
 from orchestrator.policy.types import Action, Context, Decision, Direction, Proposal, Rule
 from tritune.serving import ServingConfig
 
@@ -76,7 +76,7 @@ def guard(
         and same
         and state.last_pending is not None
         and has_backlog(state.last_pending, current.instances)
-        and has_backlog(w.pending_requests, current.instances)
+        and backlog_pressure(w, current.instances, ctx.objective.p99_latency_ms)
         and (
             w.pending_requests > state.last_pending * GROWING_BACKLOG
             or w.avg_latency_ms > FAR_OVER_SLO * ctx.objective.p99_latency_ms

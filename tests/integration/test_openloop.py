@@ -61,3 +61,19 @@ def test_a_request_past_its_deadline_is_failed(server, held_out):
     result = load.run(1.0, constant(50))
     assert result.failures and all("connection lost" in r.error for r in result.failures)
     assert len(result.records) == result.sent
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_the_closed_loop_keeps_its_concurrency_in_flight_and_stops_when_told(server, held_out, protocol):
+    images, labels = held_out
+    load = OpenLoopLoad(url_of(server, protocol), "cnn_fp32", images, labels, protocol=protocol)
+    result = load.run_closed(2.0, 3)
+    assert not result.failures, result.failures[:1]
+    assert result.sent == len(result.records) >= 30
+    assert all(r.correct is not None for r in result.records)
+    # a record's scheduled_s is its real send: each send leaves after an answer, so at most 3 overlap, and 3 do
+    spans = [(r.scheduled_s, r.scheduled_s + r.latency_ms / 1000) for r in result.records]
+    in_flight = [sum(1 for a, b in spans if a <= s < b) for s, _ in spans]
+    assert max(in_flight) == 3
+    early = load.run_closed(60.0, 2, until=lambda _result, seconds: seconds >= 0.5)
+    assert early.duration_s < 5 and len(early.records) == early.sent > 0

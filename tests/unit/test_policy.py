@@ -761,3 +761,16 @@ def test_a_model_without_a_batch_dimension_gets_instances_only():
     assert unbatched.configs, "an overload must still be acted on"
     assert not any(c.dynamic_batching or c.max_queue_delay_us or c.preferred_batch_sizes for c in unbatched.configs)
     assert max(c.instances for c in unbatched.configs) > 1
+
+
+def test_a_backlog_is_judged_by_its_drain_time_against_the_slo():
+    two = replace(DEFAULT, instances=2)
+    t = Thresholds()
+    # 13 pending on 2 instances is over 4 per instance either way; what it costs a new request differs 16×
+    fast = win(10.0, latency_ms=4.0, util=0.6, rate=4800, instances=2, pending_requests=13)
+    assert pressure(fast, two, ctx(), t) is None  # under 3 ms of work at 4,800 requests/s
+    slow = win(10.0, latency_ms=4.0, util=0.6, rate=300, instances=2, pending_requests=13)
+    p = pressure(slow, two, ctx(), t)
+    assert p is not None and p.kind == PressureKind.BACKLOG and "43 ms of work" in p.reason
+    stalled = win(10.0, latency_ms=4.0, util=0.0, rate=0.0, instances=2, pending_requests=13)
+    assert pressure(stalled, two, ctx(), t).kind == PressureKind.BACKLOG  # nothing completed: it never drains
