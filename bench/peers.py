@@ -344,8 +344,8 @@ class Proxy:
 
     name = "proxy"
 
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
+    def __init__(self, workdir: Path, binary: Path | None = None, upstream: str = ""):
+        self.workdir, self.binary, self.upstream = workdir, binary, upstream
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_ports(1)[0]
         self.proc: subprocess.Popen | None = None
@@ -385,10 +385,6 @@ class Proxy:
 class HAProxy(Proxy):
     name = "haproxy"
 
-    def __init__(self, workdir: Path, binary: Path, upstream: str):
-        super().__init__(workdir)
-        self.binary, self.upstream = binary, upstream
-
     def command(self) -> list[str]:
         # h2 on both sides: gRPC end to end, one multiplexed upstream connection pool; no logging.
         conf = textwrap.dedent(f"""\
@@ -412,10 +408,6 @@ class HAProxy(Proxy):
 
 class Nginx(Proxy):
     name = "nginx"
-
-    def __init__(self, workdir: Path, binary: Path, upstream: str):
-        super().__init__(workdir)
-        self.binary, self.upstream = binary, upstream
 
     def command(self) -> list[str]:
         w = self.workdir
@@ -696,31 +688,48 @@ def highest_held_rate(bench: Bench, config: ServingConfig, max_batch_size: int |
     return {"rate_per_s": rate, "trail": trail}
 
 
+def _live(result, rate: float, args, slo_ms: float) -> dict:
+    windows = result.windows(5.0, slo_ms)
+    after = [w for w in windows if w["start_s"] >= 60]
+    return {
+        "rate_per_s": rate,
+        "seconds": args.live_s,
+        "converged_after_s": converged_after_s(windows),
+        "windows_met_after_60s": f"{sum(w['slo_met'] for w in after)}/{len(after)}",
+        "served_rate_after_60s": median([w["rate_per_s"] for w in after if w["slo_met"]]),
+        "summary": result.summary(slo_ms, skip_s=60.0),
+        "generator": result.generator.report() if result.generator else None,
+    }
+
+
 def orchestrated_live(bench: Bench, variant: str, rate: float, args) -> dict:
     """``tritune orchestrate`` from the default config under a constant open-loop ``rate`` for ``--live-s``."""
     with server_for(bench, "live", ServingConfig(variant=variant)) as server:
         result, run = bench.orchestrated(server, args.live_s, constant(rate), log=bench.runs_dir / "live.jsonl",
                                          lead_in_s=2.0)  # fmt: skip
-    windows = result.windows(5.0, bench.slo_ms)
-    reached = converged_after_s(windows)
-    after = [w for w in windows if w["start_s"] >= 60]
-    served = [w["rate_per_s"] for w in after if w["slo_met"]]
-    return {
-        "rate_per_s": rate,
-        "seconds": args.live_s,
-        "converged_after_s": reached,
-        "windows_met_after_60s": f"{sum(w['slo_met'] for w in after)}/{len(after)}",
-        "served_rate_after_60s": median(served),
+    return _live(result, rate, args, bench.slo_ms) | {
         "final_config": run.current.describe() if run.current else None,
-        "actions": [h for h in run.history if h.get("action")][:20] if run.history else [],
-        "summary": result.summary(bench.slo_ms, skip_s=60.0),
+        "actions": [h for h in run.history if h.get("event") == "action"][:20],
     }
+
+
+def static_live(bench: Bench, config: ServingConfig, max_batch_size: int | None, rate: float, args) -> dict:
+    """A static config under the same load for as long: the orchestrator's run judged beside it, not beside a
+    12-s probe."""
+    with server_for(bench, "live-static", config, max_batch_size) as server:
+        bench.load(server, 3, constant(50))
+        result = bench.load(server, args.live_s, constant(rate))
+    return _live(result, rate, args, bench.slo_ms) | {"config": {**config.describe(), "max_batch_size": max_batch_size}}
 
 
 def part_search(bench: Bench, tools: Tools, args, variant: str, _so_far: dict) -> dict:
     out: dict = {"caps": {"max_instances": args.max_instances, "max_batch_size": args.max_batch,
                           "max_concurrency": args.max_concurrency, "slo_p99_ms": args.slo_ms}}  # fmt: skip
+    reused = json.loads(args.reuse_ma.read_text())["search"] if args.reuse_ma else None
     for mode in args.ma_modes:
+        if reused and f"model_analyzer_{mode}" in reused:  # its searches took minutes; the rest is re-measured
+            out[f"model_analyzer_{mode}"] = reused[f"model_analyzer_{mode}"] | {"reused_from": str(args.reuse_ma)}
+            continue
         print(f"peers: Model Analyzer {mode} search", file=sys.stderr)
         try:
             out[f"model_analyzer_{mode}"] = model_analyzer(bench, tools, args, variant, mode)
@@ -754,6 +763,7 @@ def part_search(bench: Bench, tools: Tools, args, variant: str, _so_far: dict) -
             print(f"peers: orchestrator live at {held['rate_per_s']:.0f} req/s", file=sys.stderr)
             live = orchestrated_live(bench, variant, held["rate_per_s"], args)
             out["tritune_orchestrate"] = live
+            out["model_analyzer_live"] = static_live(bench, cfg, anchor["max_batch_size"], held["rate_per_s"], args)
             if live["final_config"]:
                 yard["tritune_orchestrate"] = yardstick(
                     bench, tools, args, "orchestrate", ServingConfig.from_dict(live["final_config"]), None
@@ -815,6 +825,10 @@ def part_tradeoff(bench: Bench, tools: Tools, args, variant: str, so_far: dict) 
 # -- the tables docs/benchmarks.md#peers shows ---------------------------------------------------------------------
 def _f(v, digits: int = 1) -> str:
     return "–" if v is None else f"{v:,.{digits}f}"
+
+
+def _held_from(seconds: float | None) -> str:
+    return "no point of the run" if seconds is None else f"{seconds:g} s"
 
 
 def _cell(f: dict) -> str:
@@ -881,7 +895,8 @@ def render(r: dict) -> str:
             ystr = f"{_f(y['throughput_per_s'])} at {_f(y['p99_ms'], 1)} ms (c={y['concurrency']})" if y else "–"
             if arm == "tritune_orchestrate":
                 out.append(f"| {arm} | live {a['seconds']:g} s at {_f(a['rate_per_s'])}/s | – | "
-                           f"`{json.dumps(a['final_config'])}` | SLO from {a['converged_after_s']} s; after 60 s "
+                           f"`{json.dumps(a['final_config'])}` | p99 within the SLO in every window from "
+                           f"{_held_from(a['converged_after_s'])}; after 60 s "
                            f"{a['windows_met_after_60s']} windows met, "
                            f"{_f(a['served_rate_after_60s'])}/s | {ystr} |")  # fmt: skip
                 continue
@@ -896,6 +911,18 @@ def render(r: dict) -> str:
             out.append(
                 f"| {arm} | {a['wall_s']:g} | {a['configs_measured']} | `{json.dumps(knobs)}` | {fig} | {ystr} |"
             )
+        out.append("")
+    if "search" in r and "model_analyzer_live" in r["search"]:
+        s = r["search"]
+        o, m = s["tritune_orchestrate"], s["model_analyzer_live"]
+        out += [f"**Live at the rate Model Analyzer's best config holds** ({_f(o['rate_per_s'])} req/s open loop over "
+                f"HTTP for {o['seconds']:g} s; the orchestrator from Triton's default, Model Analyzer's config static)",
+                "", "| arm | 5-s windows met after 60 s | p99 after 60 s (ms) | failed | generator CPU (cores) |",
+                "| --- | --- | --- | --- | --- |"]  # fmt: skip
+        for arm, a in (("tritune orchestrate", o), ("Model Analyzer's config", m)):
+            gen = (a.get("generator") or {}).get("cpu_core_share")
+            out.append(f"| {arm} | {a['windows_met_after_60s']} | {_f(a['summary']['p99_ms'], 1)} | "
+                       f"{a['summary']['failed']} | {_f(gen, 2)} |")  # fmt: skip
         out.append("")
     if "tradeoff" in r:
         t = r["tradeoff"]
@@ -939,6 +966,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-concurrency", type=int, default=64)
     ap.add_argument("--ma-modes", type=lambda s: s.split(","), default=["quick", "brute"])
     ap.add_argument("--ma-timeout-s", type=float, default=3600)
+    ap.add_argument("--reuse-ma", type=Path, help="a peers.json whose Model Analyzer searches the search part reuses")
     ap.add_argument("--probe-s", type=float, default=12.0)
     ap.add_argument("--live-s", type=float, default=120.0)
     ap.add_argument("--render", type=Path, help="print the markdown tables of a peers.json and exit")

@@ -30,7 +30,9 @@ MIN_GAIN = 0.05  # less than 5% more throughput from more concurrency: the confi
 class SweepSpace:
     variants: tuple[str, ...]
     instances: tuple[int, ...] = (1, 2)
-    queue_delays_us: tuple[int | None, ...] = (None, 1000, 4000)  # None: dynamic batching off
+    # None: dynamic batching off. 0: batches of what is queued when an instance frees, no wait (Triton's advice to
+    # start from; it won Model Analyzer's searches here, docs/benchmarks.md#peers).
+    queue_delays_us: tuple[int | None, ...] = (None, 0, 1000, 4000)
     preferred_batch_sizes: tuple[tuple[int, ...], ...] = ((),)
     concurrency: tuple[int, ...] = (1, 4, 16)
 

@@ -72,12 +72,12 @@ class SweepOptions:
     accuracy_floor: float = 0.0
     variants: str = ""
     instances: str = "1,2"
-    queue_delays_us: str = "off,1000,4000"
+    queue_delays_us: str = "off,0,1000,4000"
     preferred_batch_sizes: str = "none"
     concurrency: str = "1,4,16"
     batch_size: int = 1
     data: Path | None = None  # the samples sent (default: the seed's held-out images, or random for another model)
-    window_s: float = 2.0
+    window_s: float = 1.0
     stable_windows: int = 3
     tolerance: float = 0.10
     max_windows: int = 10

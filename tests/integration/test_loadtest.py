@@ -111,6 +111,8 @@ def test_sweep_over_a_tiny_space_returns_a_frontier_and_marks_the_baseline(
             str(quick_repository),
             "--url",
             server.grpc_url,
+            "--http-url",
+            server.http_url,
             "--variants",
             "fp32,pruned",
             "--instances",
@@ -140,6 +142,7 @@ def test_sweep_over_a_tiny_space_returns_a_frontier_and_marks_the_baseline(
     assert result["frontier"] and result["best"]
     assert result["best"]["measurement"]["p99_ms"] <= 500
     assert json.loads((tmp_path / "sweep.json").read_text())["best"] == result["best"]
+    assert (result["protocol"], result["measured_on"]) == ("http", server.http_url)  # the cheaper client
     # the config served before the sweep is served again after it
     assert after.parameters["variant"] == before.parameters["variant"]
     assert after.instance_count == before.instance_count and after.dynamic_batching == before.dynamic_batching
