@@ -328,12 +328,20 @@ def _agreement(runs: dict[str, list]) -> dict:
                     "send_lag_p50_ms",
                 )
             } | {"runs_ok": len(figs), "runs": len(rows)}
+            p99s = [f["p99_ms"] for f in figs if f.get("p99_ms") is not None]
+            med[gen]["p99_range_ms"] = [min(p99s), max(p99s)] if p99s else None
         ratio = {}
         for k in ("throughput_per_s", "p99_ms"):
             a, b = med["tritune"][k], med["perf_analyzer"][k]
             ratio[k] = round(a / b, 3) if a and b else None
         med["tritune_over_perf_analyzer"] = ratio
         med["within_10pct"] = all(r is not None and abs(r - 1) <= 0.10 for r in ratio.values())
+        # A p99 of a few milliseconds from three 9-s runs moves by more than 10% between one tool's own repeats;
+        # the tools disagree only where the ranges of their repeats do not overlap.
+        ranges = med["tritune"]["p99_range_ms"], med["perf_analyzer"]["p99_range_ms"]
+        overlap = None not in ranges and ranges[0][0] <= ranges[1][1] and ranges[1][0] <= ranges[0][1]
+        t = ratio["throughput_per_s"]
+        med["agree"] = t is not None and abs(t - 1) <= 0.10 and (med["within_10pct"] or overlap)
         out[key] = med
     return out
 
@@ -847,12 +855,18 @@ def render(r: dict) -> str:
         out += ["**Our generators against perf_analyzer** (the same protocol each; infer/s, p99 ms from the send, "
                 "the generator's CPU in cores; open loop: tritune's p99 from its schedule in brackets)", "",
                 "| config / protocol / load | perf_analyzer | tritune | tritune ÷ perf_analyzer (infer/s, p99) "
-                "| within 10% |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
+                "| p99 of the 3 repeats: perf_analyzer / tritune | agree |",
+                "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
         for key, p in r["generators"]["points"].items():
             pa, us, ratio = p["perf_analyzer"], p["tritune"], p["tritune_over_perf_analyzer"]
             sched = f" [{_f(us.get('p99_from_schedule_ms'), 2)}]" if us.get("p99_from_schedule_ms") else ""
+            spread = " / ".join(
+                "–" if not f.get("p99_range_ms") else f"{f['p99_range_ms'][0]:.2f}–{f['p99_range_ms'][1]:.2f}"
+                for f in (pa, us)
+            )
+            verdict = "yes" if p.get("agree", p["within_10pct"]) else "no"
             out.append(f"| {key} | {_cell(pa)} | {_cell(us)}{sched} | {ratio['throughput_per_s']} / "
-                       f"{ratio['p99_ms']} | {'yes' if p['within_10pct'] else 'no'} |")  # fmt: skip
+                       f"{ratio['p99_ms']} | {spread} | {verdict} |")  # fmt: skip
         out.append("")
     if "front_door" in r:
         points = r["front_door"]["points"]

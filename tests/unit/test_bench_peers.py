@@ -46,6 +46,19 @@ def test_generators_agree_when_throughput_and_p99_are_within_ten_percent():
     assert http["perf_analyzer"]["throughput_per_s"] == 1050.0 and http["tritune"]["throughput_per_s"] == 990.0
     assert http["tritune_over_perf_analyzer"] == {"throughput_per_s": 0.943, "p99_ms": 1.0} and http["within_10pct"]
     assert not out["default/grpc/concurrency=1"]["within_10pct"]  # 0.7× the throughput
+    assert not out["default/grpc/concurrency=1"]["agree"]
+    # a p99 30% apart in the medians, inside the spread of the tools' own repeats: no disagreement
+    noisy = _agreement(
+        {
+            "batching/http/rate=400": [
+                row({"throughput_per_s": 400.0, "p99_ms": 3.2}, {"throughput_per_s": 400.0, "p99_ms": 4.3}),
+                row({"throughput_per_s": 400.0, "p99_ms": 5.7}, {"throughput_per_s": 400.0, "p99_ms": 4.2}),
+                row({"throughput_per_s": 400.0, "p99_ms": 5.2}, {"throughput_per_s": 400.0, "p99_ms": 3.2}),
+            ]
+        }
+    )["batching/http/rate=400"]
+    assert not noisy["within_10pct"] and noisy["agree"]
+    assert noisy["perf_analyzer"]["p99_range_ms"] == [3.2, 5.7]
 
 
 def test_a_missing_tool_says_to_run_make_peers(tmp_path):
