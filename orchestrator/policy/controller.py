@@ -200,6 +200,16 @@ def _propose(w, current, state, ctx, policy, cfg, now_s) -> tuple[Decision, Cont
 
     proposal = policy.propose(w, current, replace(ctx, profile=state.profile), allowed)
     decision, gstate = guard(proposal, current, w, ctx, cfg.guards, state.guard, now_s)
+    if proposal is None and decision.rule == Rule.STEADY:
+        why = pressure(w, current, ctx, getattr(policy, "thresholds", Thresholds()))
+        if why is not None:
+            # Pressure and no rung left (the floor's fastest variant, instances at the cap, the delay at its cap, or
+            # every candidate tabu): "within the SLO band" would read as a met SLO in the log and the metrics.
+            decision = Decision(
+                Action.HOLD,
+                Rule.AT_LIMIT,
+                f"{why.reason}, and nothing left to try within the accuracy floor, the cores and the delay cap",
+            )
     return decision, replace(state, guard=gstate)
 
 

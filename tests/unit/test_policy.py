@@ -774,3 +774,17 @@ def test_a_backlog_is_judged_by_its_drain_time_against_the_slo():
     assert p is not None and p.kind == PressureKind.BACKLOG and "43 ms of work" in p.reason
     stalled = win(10.0, latency_ms=4.0, util=0.0, rate=0.0, instances=2, pending_requests=13)
     assert pressure(stalled, two, ctx(), t).kind == PressureKind.BACKLOG  # nothing completed: it never drains
+
+
+def test_pressure_with_no_rung_left_is_logged_at_the_limit_not_within_the_slo_band():
+    # int8 is the fastest variant the floor admits, 2 instances on 2 cores, the delay at its cap (SLO / 4)
+    top = ServingConfig("int8", instances=2, dynamic_batching=True, max_queue_delay_us=12_500)
+    sim = Sim(ctx(floor=0.975), top)
+    decisions = sim.run(8, lambda t, **kw: win(t, latency_ms=60.0, util=0.97, rate=600, pending_requests=40, **kw))
+    assert sim.log == []
+    assert {d.rule for d in decisions} == {"at-limit"}
+    reason = decisions[-1].reason
+    assert "nothing left to try" in reason and reason.startswith("p99 120.0 ms > SLO 50 ms")
+    # the same config without pressure is steady
+    calm = Sim(ctx(floor=0.975), top)
+    assert {d.rule for d in calm.run(8, lambda t, **kw: win(t, latency_ms=5.0, util=0.6, rate=600, **kw))} == {"steady"}
