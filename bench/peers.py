@@ -844,13 +844,17 @@ def _cell(f: dict) -> str:
 
 
 def render(r: dict) -> str:
+    measured = "; ".join(f"{part}: `{m['commit']}`, {m['date']}, `{m['command']}`" for part, m in
+                         r.get("measured", {}).items())  # fmt: skip
     out = [
-        f"Commit `{r['commit']}`, {r['date']}, {r['machine']}; `{r['command']}`; SLO p99 ≤ {r['slo_p99_ms']:g} ms; "
+        f"{r['machine']}; SLO p99 ≤ {r['slo_p99_ms']:g} ms; "
         f"`{r['model']['public']}` at its most accurate variant, {r['model']['variant']} (top-1 {r['model']['top1']}). "
         f"Tools: {r['tools']['perf_analyzer']}; Model Analyzer {r['tools']['model_analyzer']}; Caddy "
         f"{r['tools']['caddy']}; {r['tools']['haproxy']}; {r['tools']['nginx']}. Medians of {r['repeats']}.",
         "",
     ]
+    if measured:
+        out += [f"Measured: {measured}.", ""]
     if "generators" in r:
         out += ["**Our generators against perf_analyzer** (the same protocol each; infer/s, p99 ms from the send, "
                 "the generator's CPU in cores; open loop: tritune's p99 from its schedule in brackets)", "",
@@ -1020,10 +1024,15 @@ def main(argv: list[str] | None = None) -> int:
         "tradeoff": part_tradeoff,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    # The parts this run measures replace theirs in --out; the others stay, each with its own commit and date in
+    # ``measured`` (a part's figures say when they were taken, not when the file was last written).
+    kept = json.loads(args.out.read_text()) if args.out.exists() else {}
+    result = {**kept, **result, "measured": dict(kept.get("measured", {}))}
     for name in args.parts.split(","):
         t0 = time.monotonic()
         result[name] = parts[name](bench, tools, args, variant, result)
         result[name]["wall_s"] = round(time.monotonic() - t0, 1)
+        result["measured"][name] = {k: result[k] for k in ("commit", "date", "command")}
         args.out.write_text(json.dumps(result, indent=2) + "\n")  # a later part's failure keeps the earlier ones
     print(json.dumps(result, indent=2))
     return 0
