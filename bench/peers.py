@@ -35,6 +35,7 @@ import os
 import platform
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -374,7 +375,7 @@ class Proxy:
                 raise PeersError(
                     f"{self.name} exited at start: {(self.workdir / f'{self.name}.log').read_text()[-400:]}"
                 )
-            with contextlib.suppress(OSError), __import__("socket").create_connection(("127.0.0.1", self.port), 0.5):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5):
                 return self
             time.sleep(0.1)
         raise PeersError(f"{self.name} did not listen on {self.port} within 20 s")
