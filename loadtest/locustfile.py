@@ -108,7 +108,15 @@ class _TritonUser(User):
         if _start_epoch is None:
             _start_epoch = time.time()
         self.client = self.connect(opts)
-        self.signature, self.samples = _model_data(self.client, self.model, opts.data, self.request_type == "gRPC")
+        # The set-up reads are not requests under test: a per-request deadline shorter than a busy machine's round
+        # trip would otherwise kill the user in on_start, before it sends (and counts) anything.
+        setup = self.setup_client(opts)
+        try:
+            self.signature, self.samples = _model_data(setup, self.model, opts.data, self.request_type == "gRPC")
+        finally:
+            if setup is not self.client:
+                with contextlib.suppress(Exception):
+                    setup.close()
         if not self.signature.batched:
             self.batch = 1  # a model without a batch dimension takes one sample a request
         classifier = self.signature.classifier_output
@@ -122,6 +130,10 @@ class _TritonUser(User):
         self.pending.kill(block=False)
         with contextlib.suppress(Exception):
             self.client.close()
+
+    def setup_client(self, opts):
+        """The client for the model's config at start: the request client, unless its deadline is the one under test."""
+        return self.client
 
     def wait_time(self) -> float:
         return 0.0 if self.open_loop else self.environment.parsed_options.wait_ms / 1000
@@ -199,6 +211,10 @@ class TritonHttpUser(_TritonUser):
         return httpclient.InferenceServerClient(
             url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s, concurrency=concurrency
         )
+
+    def setup_client(self, opts):
+        # tritonclient.http's deadlines belong to the client, not the call: set-up gets one with its defaults.
+        return httpclient.InferenceServerClient(self.host.split("://", 1)[-1].rstrip("/"))
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = []
