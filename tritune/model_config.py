@@ -23,6 +23,7 @@ __all__ = [
     "QueuePolicy",
     "TensorSpec",
     "VersionPolicy",
+    "WarmupSample",
 ]
 
 
@@ -143,6 +144,43 @@ class VersionPolicy:
 
 
 @dataclass(frozen=True)
+class WarmupSample:
+    """One ``model_warmup`` entry: Triton runs it ``count`` times on every instance before the model is READY.
+
+    A version (or instance) loaded by a reload therefore takes traffic with its sessions' first runs behind it;
+    without it those runs fall on the first live requests. Inputs are zeros (``zero_data``): the cost of a run of
+    a CNN does not depend on the values.
+    """
+
+    name: str
+    batch_size: int
+    inputs: tuple[TensorSpec, ...]
+    count: int = 1
+
+    def to_proto(self) -> pb.ModelWarmup:
+        if self.batch_size < 0 or self.count < 1:
+            raise ConfigError(
+                f"warmup sample {self.name!r}: batch_size must be >= 0 and count >= 1, "
+                f"got {self.batch_size} and {self.count}"
+            )
+        msg = pb.ModelWarmup(name=self.name, batch_size=self.batch_size, count=self.count)
+        for spec in self.inputs:
+            spec._check()
+            msg.inputs[spec.name].CopyFrom(
+                pb.ModelWarmup.Input(data_type=pb.DataType.Value(spec.data_type), dims=list(spec.dims), zero_data=True)
+            )
+        return msg
+
+    @classmethod
+    def from_proto(cls, msg: pb.ModelWarmup) -> WarmupSample:
+        inputs = tuple(
+            TensorSpec(key, pb.DataType.Name(value.data_type), tuple(value.dims))
+            for key, value in sorted(msg.inputs.items())
+        )
+        return cls(name=msg.name, batch_size=msg.batch_size, inputs=inputs, count=msg.count or 1)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The subset of Triton's ModelConfig the stack writes and tunes."""
 
@@ -157,6 +195,7 @@ class ModelConfig:
     version_policy: VersionPolicy | None = None
     parameters: dict[str, str] = field(default_factory=dict)
     cuda_graphs: bool = False
+    model_warmup: tuple[WarmupSample, ...] = ()
 
     # -- derived views -------------------------------------------------------------------------
     @property
@@ -213,6 +252,7 @@ class ModelConfig:
             msg.parameters[key].string_value = str(self.parameters[key])
         if self.cuda_graphs:
             msg.optimization.cuda.graphs = True
+        msg.model_warmup.extend(w.to_proto() for w in self.model_warmup)
         return msg
 
     @classmethod
@@ -234,6 +274,7 @@ class ModelConfig:
             version_policy=VersionPolicy.from_proto(msg.version_policy) if msg.HasField("version_policy") else None,
             parameters={k: v.string_value for k, v in msg.parameters.items()},
             cuda_graphs=msg.optimization.cuda.graphs,
+            model_warmup=tuple(WarmupSample.from_proto(w) for w in msg.model_warmup),
         )
 
     # -- text forms ----------------------------------------------------------------------------

@@ -1,11 +1,30 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from tritune.model_config import ModelConfig
+from tritune.model_config import ModelConfig, TensorSpec, WarmupSample
+
+# Runs per warmup sample and instance: the first run of a session pays for its allocations (ONNX Runtime's arena,
+# the Python backend's shared-memory pool, a TensorRT context's buffers); the second is a steady one.
+WARMUP_COUNT = 2
+
+
+def warmup_samples(inputs: tuple[TensorSpec, ...], max_batch_size: int) -> tuple[WarmupSample, ...]:
+    """Zeros at batch 1 and at the largest batch, so a newly loaded version or instance is warm before it serves.
+
+    Dynamic batching and batched clients send batches up to ``max_batch_size``; warming the largest grows the
+    buffers once, before READY, instead of under the first burst of live requests. Triton's warmup needs every
+    dimension fixed: a dynamic one (-1, a sequence length, say) is warmed at 1, the one size every such model takes.
+    A model with a string input gets none: zeros are no valid string for a tokenizer-free graph to expect.
+    """
+    if any(spec.data_type in ("TYPE_STRING", "TYPE_BYTES") for spec in inputs):
+        return ()
+    fixed = tuple(replace(spec, dims=tuple(1 if d < 0 else d for d in spec.dims)) for spec in inputs)
+    sizes = sorted({1, max_batch_size}) if max_batch_size > 0 else [0]
+    return tuple(WarmupSample(f"zeros_batch_{b}", b, fixed, count=WARMUP_COUNT) for b in sizes)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from builders.onnx_utils import MAX_EXPORT_BATCH
-from builders.targets.base import CompiledModel, VariantArtifact
+from builders.targets.base import CompiledModel, VariantArtifact, warmup_samples
 from tritune.errors import BuildError
 from tritune.model_config import InstanceGroup, ModelConfig, VersionPolicy
 from tritune.signature import Signature
@@ -19,7 +19,7 @@ MODEL_PY = Path(__file__).resolve().parent.parent / "triton" / "model.py"
 def cpu_model_config(
     model_name: str, artifact: VariantArtifact, sha256: str, max_batch_size: int, signature: Signature | None = None
 ) -> ModelConfig:
-    """Triton's default serving config for a variant: one CPU instance, no dynamic batching.
+    """Triton's default serving config for a variant: one CPU instance, no dynamic batching, warmed before READY.
 
     Inputs and outputs come from the variant's ONNX graph (``signature``, read from the file when not given); a
     model without a batch dimension gets ``max_batch_size: 0``. The orchestrator starts from here and retunes
@@ -34,6 +34,7 @@ def cpu_model_config(
         inputs=inputs,
         outputs=outputs,
         instance_group=(InstanceGroup(count=1, kind="KIND_CPU"),),
+        model_warmup=warmup_samples(inputs, max_batch_size if signature.batched else 0),
         parameters={
             "intra_op_num_threads": "auto",
             "variant": artifact.variant,

@@ -39,7 +39,7 @@ from typing import Any
 from torch import nn
 
 from builders.onnx_utils import MAX_EXPORT_BATCH
-from builders.targets.base import CompiledModel, VariantArtifact
+from builders.targets.base import CompiledModel, VariantArtifact, warmup_samples
 from tritune.errors import (
     BuildError,
     ConfigError,
@@ -398,6 +398,7 @@ def plan_model_config(
         # Graphs cut the per-launch CPU cost that dominates a small CNN; they cost GPU memory per instance, which
         # the orchestrator's per-instance memory estimate (process memory ÷ instances) includes.
         cuda_graphs=True,
+        model_warmup=warmup_samples(inputs, max_batch_size),
         parameters={
             "variant": artifact.variant,
             "precision": artifact.precision,
