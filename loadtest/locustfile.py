@@ -79,11 +79,22 @@ def _(parser):
     g.add_argument("--tritune-out", default="", help="folder for tritune's summary and per-request records")
 
 
-def _model_data(client, model: str, path: str, grpc: bool) -> tuple[Signature, Samples]:
-    """The model's signature (from Triton) and the samples to send, read once per process."""
+def _model_data(user: _TritonUser, model: str, path: str) -> tuple[Signature, Samples]:
+    """The model's signature (from Triton) and the samples to send, read once per process.
+
+    The set-up reads are not requests under test: they go through ``user.setup_client``, so a per-request deadline
+    shorter than a busy machine's round trip cannot kill the user in on_start, before it sends (and counts) anything.
+    """
     global _data
     if _data is None:
-        raw = client.get_model_config(model, as_json=True) if grpc else client.get_model_config(model)
+        client = user.setup_client()
+        try:
+            grpc = user.request_type == "gRPC"
+            raw = client.get_model_config(model, as_json=True) if grpc else client.get_model_config(model)
+        finally:
+            if client is not user.client:
+                with contextlib.suppress(Exception):
+                    client.close()
         signature = Signature.from_config(ModelConfig.from_dict(raw))
         samples = load_samples(path, signature, "--data") if path else synthesize(signature, 64)
         _data = (signature, samples)
@@ -108,15 +119,7 @@ class _TritonUser(User):
         if _start_epoch is None:
             _start_epoch = time.time()
         self.client = self.connect(opts)
-        # The set-up reads are not requests under test: a per-request deadline shorter than a busy machine's round
-        # trip would otherwise kill the user in on_start, before it sends (and counts) anything.
-        setup = self.setup_client(opts)
-        try:
-            self.signature, self.samples = _model_data(setup, self.model, opts.data, self.request_type == "gRPC")
-        finally:
-            if setup is not self.client:
-                with contextlib.suppress(Exception):
-                    setup.close()
+        self.signature, self.samples = _model_data(self, self.model, opts.data)
         if not self.signature.batched:
             self.batch = 1  # a model without a batch dimension takes one sample a request
         classifier = self.signature.classifier_output
@@ -131,8 +134,8 @@ class _TritonUser(User):
         with contextlib.suppress(Exception):
             self.client.close()
 
-    def setup_client(self, opts):
-        """The client for the model's config at start: the request client, unless its deadline is the one under test."""
+    def setup_client(self):
+        """The client for the set-up reads: the request client, unless its deadline is the one under test."""
         return self.client
 
     def wait_time(self) -> float:
@@ -206,15 +209,18 @@ class TritonHttpUser(_TritonUser):
     host = "http://127.0.0.1:8000"
 
     def connect(self, opts):
-        url = self.host.split("://", 1)[-1].rstrip("/")
         concurrency = 64 if self.open_loop else 1
         return httpclient.InferenceServerClient(
-            url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s, concurrency=concurrency
+            self.address, connection_timeout=self.timeout_s, network_timeout=self.timeout_s, concurrency=concurrency
         )
 
-    def setup_client(self, opts):
+    @property
+    def address(self) -> str:
+        return self.host.split("://", 1)[-1].rstrip("/")
+
+    def setup_client(self):
         # tritonclient.http's deadlines belong to the client, not the call: set-up gets one with its defaults.
-        return httpclient.InferenceServerClient(self.host.split("://", 1)[-1].rstrip("/"))
+        return httpclient.InferenceServerClient(self.address)
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = []

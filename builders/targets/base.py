@@ -18,9 +18,9 @@ def warmup_samples(inputs: tuple[TensorSpec, ...], max_batch_size: int) -> tuple
     Dynamic batching and batched clients send batches up to ``max_batch_size``; warming the largest grows the
     buffers once, before READY, instead of under the first burst of live requests. Triton's warmup needs every
     dimension fixed: a dynamic one (-1, a sequence length, say) is warmed at 1, the one size every such model takes.
-    A model with a string input gets none: zeros are no valid string for a tokenizer-free graph to expect.
+    A model with a string input gets none: an empty string is no input such a model can be assumed to take.
     """
-    if any(spec.data_type in ("TYPE_STRING", "TYPE_BYTES") for spec in inputs):
+    if any(spec.data_type == "TYPE_STRING" for spec in inputs):
         return ()
     fixed = tuple(replace(spec, dims=tuple(1 if d < 0 else d for d in spec.dims)) for spec in inputs)
     sizes = sorted({1, max_batch_size}) if max_batch_size > 0 else [0]
