@@ -41,7 +41,8 @@ class Bench:
     runs_dir: Path
     slo_ms: float
     floor: float
-    interval_s: float = 1.0
+    interval_s: float = 1.0  # the orchestrator's tick: its window
+    standby: bool = LoopOptions.standby  # the orchestrator keeps the first rung down loaded and warm
     headroom: bool = Context.headroom  # the policy's default, as the orchestrate command runs it
     batch: int = 1  # images per request the load sends
 
@@ -108,7 +109,7 @@ class Bench:
         ready, stop, results = mp.Event(), mp.Event(), mp.Queue()
         options = LoopOptions(
             model="cnn", metrics_url=server.metrics_url, interval_s=self.interval_s, decision_log=log,
-            controller=BENCH_CONTROLLER,
+            controller=BENCH_CONTROLLER, standby=self.standby,
         )  # fmt: skip
         max_s = lead_in_s + seconds + 10
         child = mp.Process(

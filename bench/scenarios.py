@@ -433,12 +433,22 @@ MEDIAN_FIELDS = ("share_meeting_slo", "served_top1_time_weighted", "failed_reque
 def run_scenario(scenario: Scenario, args: argparse.Namespace) -> dict:
     floor = default_floor(args.repository, -1)
     runs_dir = args.runs_dir / scenario.name
-    bench = Bench(args.repository, runs_dir, scenario.slo_ms, floor, headroom=scenario.headroom, batch=scenario.batch)
-    if scenario.whole_ladder:  # the floor admits every level: the controller may trade accuracy for capacity
-        floor = min(v.top1 for v in bench.ctx.variants.values())
-        bench = Bench(
-            args.repository, runs_dir, scenario.slo_ms, floor, headroom=scenario.headroom, batch=scenario.batch
+
+    def make(floor: float) -> Bench:
+        return Bench(
+            args.repository,
+            runs_dir,
+            scenario.slo_ms,
+            floor,
+            headroom=scenario.headroom,
+            batch=scenario.batch,
+            interval_s=args.interval_s,
+            standby=args.standby,
         )
+
+    bench = make(floor)
+    if scenario.whole_ladder:  # the floor admits every level: the controller may trade accuracy for capacity
+        bench = make(min(v.top1 for v in bench.ctx.variants.values()))
     levels = levels_of(bench)
     started = time.monotonic()
     with neighbour(scenario.neighbour):
@@ -530,6 +540,15 @@ def main() -> int:
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
     ap.add_argument("--runs-dir", type=Path, default=Path("runs/bench-scenarios"))
     ap.add_argument("--calibrate-only", action="store_true", help="measure (or show the cached) level capacities")
+    ap.add_argument(
+        "--interval-s", type=float, default=Bench.interval_s, help="the orchestrator's tick (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--standby",
+        action=argparse.BooleanOptionalAction,
+        default=Bench.standby,
+        help="the orchestrator keeps the first rung down loaded beside the served variant (default: %(default)s)",
+    )
     args = ap.parse_args()
     if args.list:
         for s in SCENARIOS.values():
@@ -546,6 +565,7 @@ def main() -> int:
         "benchmark": "scenarios",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "window_s": WINDOW_S,
+        "orchestrator": {"interval_s": args.interval_s, "standby": args.standby},
         "scenarios": results,
     }
     print(json.dumps(out, indent=2))

@@ -40,13 +40,10 @@ from builders.targets import VariantArtifact, get_target
 from builders.train import TrainConfig, distill, predict_logits, top1, train
 from tritune.compare import pack, wilson
 from tritune.errors import BuildError, CheckpointError, ExportError, RepositoryError
-from tritune.manifest import Manifest, VariantRecord
+from tritune.manifest import Manifest, VariantRecord, version_numbers
 from tritune.signature import Signature
 
 VARIANTS = ("fp32", "pruned", "distilled", "fp16", "int8", "small", "tiny")
-# The public model holds every variant as a version; the numbers are fixed so a config names the same variant
-# across rebuilds.
-VERSION_OF = {v: i for i, v in enumerate(VARIANTS, start=1)}
 PRECISION = {v: {"fp16": "fp16", "int8": "int8"}.get(v, "fp32") for v in VARIANTS}
 # The distillation students: the article's CompressedNet, and the two lower rungs of the accuracy ladder, which
 # trade information for compute (docs/builders.md): the centre quarter of the image, and a 4×4 average of it.
@@ -259,18 +256,19 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> Manifest:
         onnx_paths, export_checks = _export(seed, torch_models, Path(art_dir), target.int8_quantize_bias)
         manifest_variants = _record(seed, target, staging, torch_models, onnx_paths, export_checks)
         served = SEED_SIGNATURE
+        numbers = version_numbers(manifest_variants)
         if opts.public_variant:
             public = {
-                VERSION_OF[v]: VariantArtifact(v, PRECISION[v], onnx_paths[v], module=torch_models.get(v, fp32))
+                numbers[v]: VariantArtifact(v, PRECISION[v], onnx_paths[v], module=torch_models.get(v, fp32))
                 for v in manifest_variants
             }
             compiled = target.compile_public(
-                public, VERSION_OF[opts.public_variant], opts.public_model, staging, opts.max_batch_size
+                public, numbers[opts.public_variant], opts.public_model, staging, opts.max_batch_size
             )
             # What Triton will show: a compiler may name the tensors its own way (Torch-TensorRT's output0).
             served = Signature.from_config(compiled.config)
         build_seconds = round(time.perf_counter() - started, 1)
-        manifest = _merge_manifest(opts, seed.data.describe(), manifest_variants, build_seconds, served)
+        manifest = _merge_manifest(opts, seed.data.describe(), manifest_variants, build_seconds, served, numbers)
         manifest.write(staging / MANIFEST)
     log(
         f"wrote {len(manifest_variants)} variant(s) + public model {opts.public_model!r} to {opts.repository} "
@@ -476,8 +474,10 @@ def _merge_manifest(
     variants: dict[str, VariantRecord],
     build_seconds: float,
     signature: Signature = SEED_SIGNATURE,
+    numbers: dict[str, int] | None = None,
 ) -> Manifest:
-    """Keep earlier entries for variants this build did not touch, if they came from the same data."""
+    """Keep earlier entries for variants this build did not touch, if they came from the same data. ``numbers``:
+    the public model's version of each variant (:func:`tritune.manifest.version_numbers` of this build's)."""
     merged = dict(variants)
     try:
         old = Manifest.read(opts.repository).variants
@@ -496,7 +496,7 @@ def _merge_manifest(
         dataset=dataset,
         public_model=opts.public_model,
         public_variant=opts.public_variant,
-        public_versions={v: VERSION_OF[v] for v in variants},
+        public_versions=numbers if numbers is not None else version_numbers(variants),
         input={
             "name": signature.inputs[0].name,
             "datatype": INPUT_DATATYPE,

@@ -24,11 +24,11 @@ import numpy as np
 
 from builders.repository import MANIFEST, StagedRepository
 from tritune.accuracy import choose
-from tritune.client import InferenceClient
+from tritune.client import InferenceClient, with_variant
 from tritune.compare import pack, wilson
 from tritune.errors import ConfigError, RepositoryError
-from tritune.manifest import Manifest, VariantRecord
-from tritune.model_config import ModelConfig, VersionPolicy
+from tritune.manifest import Manifest, VariantRecord, version_numbers
+from tritune.model_config import ModelConfig
 from tritune.samples import Samples, load_samples, synthesize
 from tritune.server import ServerOptions, TritonServer, admin_key
 from tritune.signature import Signature
@@ -237,13 +237,14 @@ def measure(args: argparse.Namespace, log: Callable[[str], None] = print) -> Man
 
 def _write(args, repository, variants, configs, records, signature, data, evaluator, url, started) -> Manifest:
     reference = next(iter(variants))
-    numbers = {name: n for n, name in enumerate(variants, start=1)}
+    numbers = version_numbers(records)
     with StagedRepository(repository) as staging:
         for name, model in variants.items():
             shutil.copytree(_version_dir(repository / model), staging / args.public_model / str(numbers[name]))
-        config = replace(
-            configs[reference], name=args.public_model, version_policy=VersionPolicy(specific=(numbers[reference],))
-        ).with_parameters(variant=reference, variant_versions=json.dumps(numbers))
+        config = with_variant(
+            replace(configs[reference], name=args.public_model).with_parameters(variant_versions=json.dumps(numbers)),
+            reference,
+        )
         config.write(staging / args.public_model)
         manifest = Manifest(
             created_utc=datetime.now(UTC).isoformat(timespec="seconds"),

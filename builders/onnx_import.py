@@ -25,7 +25,7 @@ from builders.targets import VariantArtifact, get_target
 from tritune.accuracy import Evaluator, choose
 from tritune.compare import pack, wilson
 from tritune.errors import BuildError, ConfigError, ModelInputError
-from tritune.manifest import Manifest, VariantRecord
+from tritune.manifest import Manifest, VariantRecord, version_numbers
 from tritune.samples import Samples, load_samples, synthesize
 from tritune.signature import Signature
 
@@ -135,7 +135,7 @@ def build_imported(
 ) -> Manifest:
     """fp16 and int8 from the fp32 graph, the imported extra variants as they are; each measured on ``data`` by
     the same evaluator, compiled for the target, and written with the public model and the manifest."""
-    from builders.build import PRECISION, VERSION_OF, versions
+    from builders.build import PRECISION, versions
 
     started = time.perf_counter()
     signature, proto = imported.signature, imported.proto
@@ -224,9 +224,10 @@ def build_imported(
                 f"{name}: {evaluator.metric} {acc:.4f} [{lo:.3f}, {hi:.3f}], {records[name].file_bytes / 1e6:.2f} MB, "
                 f"{latency['batch_1']:.2f} ms @1, {latency['batch_32']:.2f} ms @32 → {compiled.model_name}"
             )
+        numbers = version_numbers(records)
         target.compile_public(
-            {VERSION_OF[v]: VariantArtifact(v, PRECISION[v], paths[v]) for v in variants},
-            VERSION_OF[public_variant],
+            {numbers[v]: VariantArtifact(v, PRECISION[v], paths[v]) for v in variants},
+            numbers[public_variant],
             public_model,
             staging,
             opts.max_batch_size,
@@ -310,7 +311,7 @@ def _parameters(proto: onnx.ModelProto) -> int:
 def _manifest(opts, imported: Imported, data, evaluator: Evaluator, records, public_model, public_variant, started):
     from datetime import UTC, datetime
 
-    from builders.build import ACCURACY_TARGET_POINTS, VERSION_OF, host_info, options_view
+    from builders.build import ACCURACY_TARGET_POINTS, host_info, options_view
 
     signature = imported.signature
     dataset = {"name": imported.name, **data.describe(), "held_out_images": len(data)}
@@ -321,7 +322,7 @@ def _manifest(opts, imported: Imported, data, evaluator: Evaluator, records, pub
         dataset=dataset,
         public_model=public_model,
         public_variant=public_variant,
-        public_versions={v: VERSION_OF[v] for v in records},
+        public_versions=version_numbers(records),
         input=signature.to_dict()["inputs"][0],
         output=signature.to_dict()["outputs"][0],
         accuracy_target_points=ACCURACY_TARGET_POINTS,

@@ -16,7 +16,7 @@ from loadtest.report import write_report
 from loadtest.run import new_run_dir
 from loadtest.sweep import SweepGenerator, SweepSpace, run_sweep, write_sweep
 from tritune.apply import Applier
-from tritune.client import InferenceClient, variant_versions
+from tritune.client import InferenceClient, served_variant, variant_versions
 from tritune.errors import AdminError, ConfigError, RepositoryError
 from tritune.manifest import Manifest
 from tritune.samples import Samples, load_samples, synthesize
@@ -203,7 +203,7 @@ def sweep(args: SweepOptions, run_dir: Path, should_stop=None, progress=print) -
         available = {v: float(manifest.variants[v].top1) for v in versions if v in manifest.variants}
         if not available:
             # No ladder to sweep: the served variant, whose accuracy nothing measured (no floor can exclude it).
-            available = {config.parameters.get("variant", ""): float("inf")}
+            available = {served_variant(config): float("inf")}
             progress(f"sweep: no manifest lists {args.model}'s variants; sweeping batching and instances only")
         space = space_from_args(args, available)
         if config.max_batch_size == 0:  # Triton refuses dynamic batching without a batch dimension

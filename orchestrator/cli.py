@@ -22,7 +22,7 @@ from orchestrator.policy import (
     variants_from_manifest,
 )
 from tritune.apply import Applier
-from tritune.client import InferenceClient, variant_versions
+from tritune.client import InferenceClient, served_variant, variant_versions
 from tritune.errors import AdminError, ConfigError, RepositoryError, ServerUnavailableError, TrituneError
 from tritune.fleet import FleetFile, parse_replica
 from tritune.frontdoor import LATENCY_LABELS, LATENCY_METRIC
@@ -57,6 +57,7 @@ class OrchestrateOptions:
     gpu_memory_per_instance_mb: float = 0.0
     max_instances: int = _CONTEXT_DEFAULTS["max_instances"]
     headroom: bool = _CONTEXT_DEFAULTS["headroom"]
+    standby: bool = LoopOptions.standby
     upscale_delay_s: float = _GUARDS.upscale_delay_s
     downscale_delay_s: float = _GUARDS.downscale_delay_s
     cooldown_s: float = _GUARDS.cooldown_s
@@ -189,6 +190,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="cpu: hold batching and one instance per core whatever the load, set up while the load is low, so "
         "that a rise needs no reload under load; ignored on gpu (default: %(default)s)",
     )
+    g.add_argument(
+        "--standby",
+        action=argparse.BooleanOptionalAction,
+        default=d.standby,
+        help="keep the served variant's first rung down loaded and warm beside it, so that a step down is an "
+        "unload with no reload under load; costs that variant's instances in memory (default: %(default)s)",
+    )
     g.add_argument("--upscale-delay-s", type=float, default=d.upscale_delay_s, help="(default: %(default)s)")
     g.add_argument("--downscale-delay-s", type=float, default=d.downscale_delay_s, help="(default: %(default)s)")
     g.add_argument("--cooldown-s", type=float, default=d.cooldown_s, help="(default: %(default)s)")
@@ -200,7 +208,7 @@ def ladder_variants(repository: Path, model: str, config: ModelConfig) -> tuple[
     A model tritune did not build has no manifest and no version per variant: batching and instances still apply
     to it, and the policy never switches what it serves or judges it against the accuracy floor.
     """
-    served = config.parameters.get("variant", "")
+    served = served_variant(config)
     off = unmeasured(served, model)
     try:
         versions = variant_versions(config)
@@ -342,6 +350,7 @@ def build(args: OrchestrateOptions) -> Orchestrator:
         metrics_host=args.metrics_host,
         controller=ControllerConfig(guards=guards),
         status_interval_s=args.status_interval_s,
+        standby=args.standby,
     )
     capacity = CapacityEstimator(
         sweep_capacity(args.capacity_from_sweep, ctx.most_accurate().name) if args.capacity_from_sweep else None

@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.metrics import Snapshot, Window, parse_metrics, window
 from tritune import slo
-from tritune.apply import Applier, ApplyResult
+from tritune.apply import Applier, ApplyResult, Standby
 from tritune.client import InferenceClient
 from tritune.errors import ConfigError, TrituneError
 from tritune.fleet import ReplicaEndpoints
@@ -276,9 +276,34 @@ class Fleet:
         self.applier_factory = applier_factory or (
             lambda r: Applier(InferenceClient(r.grpc_url, "grpc", timeout_s=120, admin_key=self.admin_key), model)
         )
+        self._standby: Standby | None = None
         self.replicas: dict[str, ReplicaState] = {}
         self.config: ServingConfig | None = None  # the fleet config every replica should serve
         self._dns_error: str | None = None
+
+    @property
+    def standby(self) -> Standby | None:
+        """The variant each replica keeps loaded beside the served one (:class:`tritune.apply.Applier`)."""
+        return self._standby
+
+    @standby.setter
+    def standby(self, standby: Standby | None) -> None:
+        self._standby = standby
+        for r in self.replicas.values():
+            r.applier.standby = standby
+
+    def prepare_standby(self) -> ApplyResult | None:
+        """Load the standby on every ready replica that lacks it; the first failure, else the last load, else None
+        (nothing to load)."""
+        start, last = self.clock(), None
+        for r in sorted(self.replicas.values(), key=lambda r: r.endpoints.name):
+            if not r.reachable or r.needs_config:
+                continue
+            result = r.applier.prepare_standby()
+            if result is not None and not result.ok:
+                return replace(result, error=f"replica {r.endpoints.name}: {result.error}")
+            last = result or last
+        return None if last is None else replace(last, seconds=self.clock() - start)
 
     # -- membership ------------------------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -295,6 +320,7 @@ class Fleet:
         for name, r in found.items():
             if name not in self.replicas:
                 self.replicas[name] = ReplicaState(r, self.applier_factory(r))
+                self.replicas[name].applier.standby = self._standby
                 self.log("replica-joined", replica=name, grpc_url=r.grpc_url, metrics_url=r.metrics_url)
 
     def ready(self) -> list[ReplicaState]:

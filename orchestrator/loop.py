@@ -7,6 +7,7 @@ A rejected load: recorded, the target made tabu, the old config keeps serving.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import threading
@@ -34,10 +35,12 @@ from orchestrator.policy import (
     ControllerState,
     Decision,
     Policy,
+    Rule,
     RulePolicy,
     applied,
     apply_failed,
     slo_met,
+    standby_variant,
     step,
     usable_cores,
 )
@@ -143,6 +146,9 @@ class LoopOptions:
     # controller did nothing can be explained afterwards, at a few records a minute.
     hold_log_interval_s: float = 10.0
     status_interval_s: float = 0.0  # print a status line this often; 0: never
+    # Keep the served variant's first rung down (orchestrator.policy.standby_variant) loaded and warm beside it at a
+    # lower version, so that a step down is an unload and no reload; it costs that variant's instances in memory.
+    standby: bool = True
     # a module-level function, not a lambda: the options travel to an orchestrator in another process by pickle
     status: Callable[[str], None] = field(default=print_status, repr=False)
 
@@ -186,6 +192,14 @@ class Orchestrator:
             start_http_server(options.metrics_port, addr=options.metrics_host, registry=self.metrics.registry)
         self._last_rule: str | None = None
         self._last_hold_log_s = float("-inf")
+        # A standby needs a ladder; it is loaded at the first steady window past the cool-down after each change.
+        self._standby_due = options.standby and len(ctx.variants) > 1
+        if self._standby_due:
+            standby = functools.partial(standby_variant, ctx=ctx)
+            if fleet is not None:
+                fleet.standby = standby
+            else:
+                applier.standby = standby
         self._cpu: CpuSampler | None = None
         self._cpu_failed = False
         metrics_at = urllib.parse.urlsplit(options.metrics_url)
@@ -244,8 +258,28 @@ class Orchestrator:
         if decision.changes:
             self._act(decision, w, now)
             self._last_decision = f"{decision.action} {decision.rule}"
+        elif decision.rule == Rule.STEADY:
+            self._prepare_standby(now)
         self._status(w, now)
         return decision
+
+    def _prepare_standby(self, now: float) -> None:
+        """Load the standby of the served variant at a steady window past the cool-down: the load runs beside the
+        served version (which stays as it is) and takes this tick, so it waits for a moment the load leaves room."""
+        last = self.state.guard.last_action_s
+        if not self._standby_due or self.state.pending is not None:
+            return
+        if last is not None and now - last < self.options.controller.guards.cooldown_s:
+            return
+        self._standby_due = False  # once per change: a failed load is logged and not retried until the next
+        result = self.applier.prepare_standby()
+        if result is None:
+            return
+        standby = standby_variant(self.current.variant, self.ctx) if self.current else None
+        if result.ok:
+            self.log("standby", variant=standby, served=self.current.describe(), apply_s=round(result.seconds, 3))
+        else:
+            self.log("standby-failed", variant=standby, error=result.error, apply_s=round(result.seconds, 3))
 
     def _status(self, w: Window, now: float) -> None:
         """One line every ``status_interval_s``: load, p99 end to end and on Triton, config, last decision."""
@@ -461,6 +495,7 @@ class Orchestrator:
             record["cuda_graph_batch_sizes"] = list(result.config.cuda_graph_batch_sizes)
         if result.ok:
             self.current = decision.config
+            self._standby_due = self.options.standby and len(self.ctx.variants) > 1
             if decision.action == "reapply":
                 self._suspect_restart = False
             self.state = applied(self.state, decision, before, w, self.clock())

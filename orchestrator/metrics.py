@@ -132,7 +132,7 @@ class Window:
     gpu_memory_free_bytes: float | None = None
     restarted: bool = False
     model_missing: bool = False
-    versions: int = 1  # versions of the model serving or draining (2 while an old variant drains its queue)
+    versions: int = 1  # versions of the model that served or held requests (2 while an old variant drains its queue)
     # A fleet (orchestrator/fleet.py): the replicas summed into this window, and each one's pending requests;
     # ``pending_requests`` is then the worst replica's, busy time is shared over replicas × instances.
     replicas: int = 1
@@ -246,8 +246,14 @@ def window(prev: Snapshot, cur: Snapshot, model: str) -> Window:
         avg_compute_ms=per_request(d["compute_input_us"] + d["compute_infer_us"] + d["compute_output_us"]),
         busy_s=_busy_s(d),
         pending_requests=b.pending,
-        # Zeroed series (a version that left, or one that has served nothing yet) neither serve nor drain.
-        versions=sum(1 for key in deltas if any(getattr(cur.versions[key], f) for f in fields)),
+        # Versions that completed requests in this window or hold some: a zeroed series (a version that left, or one
+        # that has served nothing yet) and a standby loaded beside the served version (orchestrator/loop.py), whose
+        # counters stand still, neither serve nor drain.
+        versions=sum(
+            1
+            for key in deltas
+            if key not in leaving and (any(deltas[key][f] for f in fields) or cur.versions[key].pending)
+        ),
         **quantiles,
     )
 

@@ -149,6 +149,20 @@ class InferenceClient:
         except (ConnectionError, OSError) as exc:
             raise self._unreachable(exc) from None
 
+    def ready_versions(self, model: str) -> tuple[int, ...]:
+        """The model's READY versions, from its metadata: the versions requests can reach, updated at once when a
+        version starts to unload."""
+        try:
+            if self.protocol == "http":
+                meta = self._client.get_model_metadata(model)
+            else:
+                meta = self._client.get_model_metadata(model, as_json=True, client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise _classify(exc, model, self.url) from None
+        except (ConnectionError, OSError) as exc:
+            raise self._unreachable(exc) from None
+        return tuple(sorted(int(v) for v in meta.get("versions", []) if str(v).isdigit()))
+
     def model_stats(self, model: str) -> dict[str, Any]:
         kwargs = {} if self.protocol == "http" else {"as_json": True}
         try:
@@ -230,11 +244,58 @@ def variant_versions(config: ModelConfig) -> dict[str, int]:
     return {k: int(v) for k, v in json.loads(raw).items()}
 
 
-def with_variant(config: ModelConfig, variant: str) -> ModelConfig:
+# Informational parameters of one variant's own config. The public model holds several variants as versions, and
+# which one serves is its version policy's highest version; a parameter naming the variant would go stale at the
+# first switch that only unloads a version, and changing it would turn that switch into a reload of every version.
+VARIANT_PARAMETERS = ("variant", "precision")
+
+
+def _loaded(config: ModelConfig, ready: tuple[int, ...] | None) -> tuple[int, ...]:
+    if ready is not None:
+        return tuple(sorted(ready))
+    return tuple(sorted(config.version_policy.specific)) if config.version_policy is not None else ()
+
+
+def served_variant(config: ModelConfig, ready: tuple[int, ...] | None = None) -> str:
+    """The variant that serves requests sent without a version. Triton routes those to the highest-numbered READY
+    version, so on a public model it is the highest of ``ready`` (:meth:`InferenceClient.ready_versions`), or of
+    the config's ``version_policy`` for a config read from disk; on any other model, its ``variant`` parameter
+    (empty when it has none). The policy in a config Triton returns is not enough: a version that stays loaded
+    keeps the config it was loaded with (docs/known_issues.md, "Several versions loaded at once")."""
+    try:
+        versions = variant_versions(config)
+    except AdminError:
+        return config.parameters.get("variant", "")
+    loaded = _loaded(config, ready)
+    if not loaded:
+        return config.parameters.get("variant", "")
+    top = max(loaded)
+    by_number = {n: v for v, n in versions.items()}
+    if top not in by_number:
+        raise AdminError(f"{config.name} serves version {top}, which variant_versions does not list; rebuild it")
+    return by_number[top]
+
+
+def loaded_variants(config: ModelConfig, ready: tuple[int, ...] | None = None) -> tuple[str, ...]:
+    """The public model's loaded variants (``ready``, else its version policy's), lowest version first: the served
+    one is last."""
+    try:
+        versions = variant_versions(config)
+    except AdminError:
+        return (served_variant(config, ready),)
+    by_number = {n: v for v, n in versions.items()}
+    return tuple(by_number[n] for n in _loaded(config, ready) if n in by_number)
+
+
+def with_variant(config: ModelConfig, variant: str, standby: tuple[str, ...] = ()) -> ModelConfig:
+    """``config`` serving ``variant``, with the ``standby`` variants loaded beside it where their versions are
+    lower (a request without a version goes to the highest loaded version, so a higher one would take the traffic).
+    Everything else is kept, so that Triton can apply a change of the loaded versions alone without reloading the
+    versions that stay."""
     versions = variant_versions(config)
-    if variant not in versions:
-        raise AdminError(f"variant {variant!r} is not in {config.name} (has {', '.join(versions)}); build it first")
-    precision = {"fp16": "fp16", "int8": "int8"}.get(variant, "fp32")
-    return replace(config, version_policy=VersionPolicy(specific=(versions[variant],))).with_parameters(
-        variant=variant, precision=precision
-    )
+    for name in (variant, *standby):
+        if name not in versions:
+            raise AdminError(f"variant {name!r} is not in {config.name} (has {', '.join(versions)}); build it first")
+    loaded = {versions[variant], *(versions[s] for s in standby if versions[s] < versions[variant])}
+    params = {k: v for k, v in config.parameters.items() if k not in VARIANT_PARAMETERS}
+    return replace(config, version_policy=VersionPolicy(specific=tuple(sorted(loaded))), parameters=params)

@@ -55,6 +55,15 @@ class VariantRecord:
         return float(self.latency_ms["batch_32"])
 
 
+def version_numbers(variants: dict[str, VariantRecord]) -> dict[str, int]:
+    """The public model's version of each variant: least accurate first (equal accuracy: cheaper first, then by
+    name). Triton sends a request without a version to the highest loaded version, so the most accurate variant
+    loaded is the one that serves, and a cheaper rung kept loaded and warm beside it (``tritune/apply.py``'s
+    standby) is a lower version: a step down to it unloads the served version and nothing loads."""
+    order = sorted(variants, key=lambda v: (variants[v].top1, variants[v].latency_ms_b32, v))
+    return {v: n for n, v in enumerate(order, start=1)}
+
+
 @dataclass(frozen=True)
 class Manifest:
     dataset: dict[str, Any]  # name, source, image counts, classes, input shape, fingerprint, notes

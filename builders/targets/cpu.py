@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 from builders.onnx_utils import MAX_EXPORT_BATCH
 from builders.targets.base import CompiledModel, VariantArtifact, warmup_samples
+from tritune.client import with_variant
 from tritune.errors import BuildError
-from tritune.model_config import InstanceGroup, ModelConfig, VersionPolicy
+from tritune.model_config import InstanceGroup, ModelConfig
 from tritune.signature import Signature
 
 MODEL_PY = Path(__file__).resolve().parent.parent / "triton" / "model.py"
@@ -86,9 +86,11 @@ class CpuTarget:
             shutil.copyfile(artifact.onnx_path, version_dir / "model.onnx")
             shutil.copyfile(MODEL_PY, version_dir / "model.py")
         sha = versions[live].sha256
-        config = replace(
-            cpu_model_config(model_name, versions[live], sha, max_batch_size),
-            version_policy=VersionPolicy(specific=(live,)),
-        ).with_parameters(variant_versions=json.dumps({a.variant: n for n, a in sorted(versions.items())}))
+        config = with_variant(
+            cpu_model_config(model_name, versions[live], sha, max_batch_size).with_parameters(
+                variant_versions=json.dumps({a.variant: n for n, a in sorted(versions.items())})
+            ),
+            versions[live].variant,
+        )
         config.write(model_dir)
         return CompiledModel(model_name, model_dir, config, sha)

@@ -31,7 +31,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from torch import nn
 
 from builders.onnx_utils import MAX_EXPORT_BATCH
 from builders.targets.base import CompiledModel, VariantArtifact, warmup_samples
+from tritune.client import with_variant
 from tritune.errors import (
     BuildError,
     ConfigError,
@@ -48,7 +49,7 @@ from tritune.errors import (
     TargetUnavailableError,
     TrituneError,
 )
-from tritune.model_config import DynamicBatching, InstanceGroup, ModelConfig, QueuePolicy, TensorSpec, VersionPolicy
+from tritune.model_config import DynamicBatching, InstanceGroup, ModelConfig, QueuePolicy, TensorSpec
 from tritune.signature import Signature
 
 COMPILERS = ("tensorrt", "torch-tensorrt")
@@ -413,8 +414,9 @@ def plan_model_config(
 def public_config(live_config: ModelConfig, live: int, versions: Mapping[int, VariantArtifact]) -> ModelConfig:
     """The public model's config: the live variant's plan config, serving only its version, plus the variant →
     version map the orchestrator switches with (as :meth:`CpuTarget.compile_public` writes it)."""
-    return replace(live_config, version_policy=VersionPolicy(specific=(live,))).with_parameters(
-        variant_versions=json.dumps({a.variant: n for n, a in sorted(versions.items())})
+    return with_variant(
+        live_config.with_parameters(variant_versions=json.dumps({a.variant: n for n, a in sorted(versions.items())})),
+        versions[live].variant,
     )
 
 

@@ -22,7 +22,7 @@ from orchestrator.policy.controller import (
     step,
 )
 from orchestrator.policy.guards import GuardConfig, GuardState, clamp, guard
-from orchestrator.policy.rules import FAR_OVER_SLO, FREE_VARIANT_SPEEDUP, Policy, RulePolicy
+from orchestrator.policy.rules import FAR_OVER_SLO, FREE_VARIANT_SPEEDUP, Policy, RulePolicy, standby_variant
 from orchestrator.policy.signals import (
     BACKLOG_PER_INSTANCE,
     Pressure,
@@ -93,6 +93,7 @@ __all__ = [
     "light",
     "pressure",
     "slo_met",
+    "standby_variant",
     "step",
     "unmeasured",
     "usable_cores",

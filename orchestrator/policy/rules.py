@@ -33,6 +33,20 @@ FREE_VARIANT_SPEEDUP = 1.5  # a no-accuracy-cost variant must be at least this m
 FASTER_VARIANT_COST_RATIO = 0.95  # a variant counts as faster when it costs at most this share of the current
 
 
+def standby_variant(variant: str, ctx: Context) -> str | None:
+    """The variant to keep loaded and warm beside ``variant`` (``tritune/apply.py``'s standby): the first rung
+    :meth:`RulePolicy._faster` tries under a step, the most accurate variant at or above the floor that buys real
+    capacity (at least ``FREE_VARIANT_SPEEDUP`` cheaper); None where there is none. A step down to it is then an
+    unload of the served version, with no reload under the load that forced it."""
+    cost = ctx.cost(variant)
+    cheaper = [
+        v for v in ctx.allowed_variants() if v.name != variant and v.latency_ms_b32 <= cost / FREE_VARIANT_SPEEDUP
+    ]
+    if not cheaper:
+        return None
+    return max(cheaper, key=lambda v: (v.top1, -v.latency_ms_b32)).name
+
+
 class Policy(Protocol):
     def propose(
         self, w: Window, current: ServingConfig, ctx: Context, allowed: Callable[[ServingConfig], bool] = ...

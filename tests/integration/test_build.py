@@ -13,6 +13,7 @@ import pytest
 
 from builders import onnx_utils as ox
 from builders.build import VARIANTS
+from tritune.client import served_variant
 from tritune.compare import unpack
 from tritune.model_config import ModelConfig
 
@@ -92,10 +93,14 @@ def test_each_model_folder_is_servable(built):
         onnx.checker.check_model(str(folder / "1" / "model.onnx"), full_check=True)
         assert ox.run_onnx(ox.session(folder / "1" / "model.onnx"), x).shape == (3, 10)
     public = ModelConfig.read(root / "repo" / "cnn")
-    assert public.name == "cnn" and public.parameters["variant"] == "fp32"
-    assert public.version_policy.specific == (1,)
     versions = json.loads(public.parameters["variant_versions"])
-    assert versions == manifest["public_versions"] == {v: i for i, v in enumerate(VARIANTS, start=1)}
+    assert public.name == "cnn" and served_variant(public) == "fp32" and "variant" not in public.parameters
+    assert public.version_policy.specific == (versions["fp32"],)
+    # least accurate first (equal top-1: the cheaper first), so that the most accurate loaded version serves
+    order = sorted(
+        VARIANTS, key=lambda v: (manifest["variants"][v]["top1"], manifest["variants"][v]["latency_ms"]["batch_32"], v)
+    )
+    assert versions == manifest["public_versions"] == {v: i for i, v in enumerate(order, start=1)}
     for variant, number in versions.items():  # each version is that variant's artifact
         source = root / "repo" / f"cnn_{variant}" / "1" / "model.onnx"
         assert (root / "repo" / "cnn" / str(number) / "model.onnx").read_bytes() == source.read_bytes()

@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ import tritonclient.grpc as grpcclient
 
 from builders import onnx_utils as ox
 from tests.integration.conftest import ADMIN_KEY, start_server
-from tritune.client import InferenceClient
+from tritune.apply import Applier
+from tritune.client import InferenceClient, served_variant, variant_versions
 from tritune.errors import AdminError, InferenceError, ModelNotFoundError, ServerUnavailableError
 
 VARIANT_MODELS = ["cnn_fp32", "cnn_pruned", "cnn_distilled", "cnn_fp16", "cnn_int8"]
@@ -37,7 +39,10 @@ def clients(server):
 @pytest.mark.parametrize("model", [*VARIANT_MODELS, "cnn"])
 def test_served_top1_matches_in_process_onnxruntime(server, quick_repository, held_out, protocol, model):
     x, y = held_out[0][:128], held_out[1][:128]
-    reference = ox.run_onnx(ox.session(quick_repository / model / "1" / "model.onnx"), x)
+    # the public model's variants are its versions, numbered by accuracy: the one it serves is the manifest's
+    manifest = json.loads((quick_repository / "manifest.json").read_text())
+    version = manifest["public_versions"][manifest["public_variant"]] if model == "cnn" else 1
+    reference = ox.run_onnx(ox.session(quick_repository / model / str(version) / "model.onnx"), x)
     with clients(server)[protocol] as client:
         served = np.concatenate([client.infer(model, x[i : i + 32]) for i in range(0, len(x), 32)])
     np.testing.assert_allclose(served, reference, rtol=1e-5, atol=1e-5)
@@ -171,11 +176,68 @@ def test_variant_switch_under_8_concurrent_clients_loses_nothing(server, quick_r
             t.join(timeout=60)
     assert failures == [], failures[:3]
     assert ok[0] > 50
-    config = admin.model_config("cnn")
-    assert config.parameters["variant"] == "fp32"
+    assert served_variant(admin.model_config("cnn"), admin.ready_versions("cnn")) == "fp32"
     reference = ox.run_onnx(ox.session(quick_repository / "cnn_fp32" / "1" / "model.onnx"), x)
     np.testing.assert_allclose(admin.infer("cnn", x), reference, rtol=1e-5, atol=1e-5)
     admin.close()
+
+
+def test_a_step_down_to_the_standby_unloads_the_served_version_and_reloads_nothing(server, quick_repository, held_out):
+    """The orchestrator's in-place step: the standby, loaded beside the served variant at a lower version, takes
+    the traffic when the served version is unloaded; its instances (stub processes) are the same ones before and
+    after, and no request fails on the way."""
+    x = held_out[0][:4]
+    admin = InferenceClient(server.grpc_url, "grpc", admin_key=ADMIN_KEY, timeout_s=120)
+    versions = variant_versions(admin.model_config("cnn"))
+    below, top = sorted(versions, key=versions.get)[-2:]
+    applier = Applier(admin, "cnn")  # no standby: only the served version is loaded
+    start = applier.current()[1]
+    stop = threading.Event()
+    ok, failures = [0], []
+
+    def worker():
+        with InferenceClient(server.grpc_url, "grpc", timeout_s=60) as client:
+            while not stop.is_set():
+                try:
+                    client.infer("cnn", x)
+                    ok[0] += 1
+                except Exception as exc:  # counted, not raised: the assertion below reports them all
+                    failures.append(repr(exc))
+
+    try:
+        assert applier.apply(replace(start, variant=top)).ok
+        assert admin.ready_versions("cnn") == (versions[top],)
+        applier.standby = lambda v: below if v == top else None
+        prepared = applier.prepare_standby()
+        assert prepared is not None and prepared.ok, prepared
+        assert admin.ready_versions("cnn") == (versions[below], versions[top])
+        assert applier.current()[1] == replace(start, variant=top)  # the standby takes no requests
+        assert applier.prepare_standby() is None  # already loaded
+        below_dir = f"{quick_repository / 'cnn' / str(versions[below])}/"
+        stubs = sorted(_stubs(path=below_dir))
+        assert stubs
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        result = applier.apply(replace(start, variant=below))
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        assert result.ok, result.error
+        assert failures == [], failures[:3]
+        assert ok[0] > 10
+        assert admin.ready_versions("cnn") == (versions[below],)
+        assert applier.current()[1] == replace(start, variant=below)
+        assert sorted(_stubs(path=below_dir)) == stubs  # the same instances: nothing was reloaded
+        reference = ox.run_onnx(ox.session(Path(below_dir) / "model.onnx"), x)
+        np.testing.assert_allclose(admin.infer("cnn", x), reference, rtol=1e-5, atol=1e-5)
+    finally:
+        stop.set()
+        applier.standby = None
+        applier.apply(start)  # the module's server is shared: leave it as it was
+        admin.close()
 
 
 def _group_alive(pgid: int) -> bool:

@@ -7,7 +7,8 @@ from pathlib import Path
 from builders.models import SEED_SIGNATURE
 from builders.targets.base import VariantArtifact
 from builders.targets.cpu import cpu_model_config
-from tritune.apply import model_config, serving_config
+from tritune.apply import model_config, serving_config, standby_kept
+from tritune.client import loaded_variants, served_variant, with_variant
 from tritune.model_config import DynamicBatching, QueuePolicy, VersionPolicy
 from tritune.serving import ServingConfig
 
@@ -16,9 +17,7 @@ VERSIONS = {"fp32": 1, "pruned": 2, "distilled": 3, "fp16": 4, "int8": 5}
 
 def public() -> object:
     base = cpu_model_config("cnn", VariantArtifact("fp32", "fp32", Path("x.onnx")), "0" * 64, 64, SEED_SIGNATURE)
-    return replace(base, version_policy=VersionPolicy(specific=(1,))).with_parameters(
-        variant_versions=json.dumps(VERSIONS)
-    )
+    return with_variant(base.with_parameters(variant_versions=json.dumps(VERSIONS)), "fp32")  # as compile_public
 
 
 def test_default_reads_back_as_the_default_serving_config():
@@ -32,7 +31,8 @@ def test_knobs_map_to_instances_threads_batching_and_version():
     cfg = model_config(public(), target)
     assert cfg.instance_count == 2 and cfg.parameters["intra_op_num_threads"] == "1"
     assert cfg.dynamic_batching == DynamicBatching((4, 8), 2000, None)
-    assert cfg.version_policy.specific == (5,) and cfg.parameters["variant"] == "int8"
+    # which variant serves is the version policy's: a parameter naming it would go stale at an in-place switch
+    assert cfg.version_policy.specific == (5,) and "variant" not in cfg.parameters
     assert serving_config(cfg) == target
     back = model_config(cfg, ServingConfig("fp32"))
     assert back.dynamic_batching is None and back.version_policy.specific == (1,)
@@ -56,3 +56,49 @@ def test_batching_without_preferred_sizes_reads_back_as_asked_though_triton_fill
     # any other preferred size is a real setting and reads back as it is
     other = replace(cfg, dynamic_batching=replace(cfg.dynamic_batching, preferred_batch_size=(32,)))
     assert serving_config(other).preferred_batch_sizes == (32,)
+
+
+def loaded(*versions: int, **knobs) -> object:
+    """The public model as :meth:`tritune.apply.Applier.live` reads it: the READY versions as its policy."""
+    cfg = replace(public(), version_policy=VersionPolicy(specific=versions))
+    return model_config(cfg, replace(serving_config(cfg), **knobs)) if knobs else cfg
+
+
+def test_the_served_variant_is_the_highest_ready_version_not_a_parameter():
+    cfg = loaded(2, 5)
+    assert served_variant(cfg) == "int8" and loaded_variants(cfg) == ("pruned", "int8")
+    # a version that stayed loaded keeps the policy it was loaded with: the READY versions decide
+    assert served_variant(cfg, ready=(2,)) == "pruned"
+    assert serving_config(cfg).variant == "int8"
+
+
+def test_a_step_down_to_the_loaded_standby_changes_the_loaded_versions_only():
+    base = loaded(2, 5, instances=2, dynamic_batching=True, max_queue_delay_us=1000)
+    target = replace(serving_config(base), variant="pruned")
+    keep = standby_kept(base, "pruned", lambda v: {"int8": "pruned", "pruned": "fp32"}.get(v))
+    assert keep == ()  # nothing is loaded below pruned; fp32 is not loaded, and a step never loads a standby
+    new = model_config(base, target, standby=keep)
+    assert new.version_policy.specific == (2,)
+    # everything but the loaded versions as it was: Triton unloads version 5 and reloads nothing
+    assert replace(new, version_policy=base.version_policy) == base
+
+
+def test_a_step_up_keeps_the_new_variants_standby_when_it_is_loaded():
+    base = loaded(2)
+    standby = {"int8": "pruned"}.get
+    keep = standby_kept(base, "int8", standby)
+    assert keep == ("pruned",)
+    assert model_config(base, replace(serving_config(base), variant="int8"), standby=keep).version_policy.specific == (
+        2,
+        5,
+    )
+    # a reload of the served variant (another instance) keeps its standby loaded
+    base = loaded(2, 5)
+    keep = standby_kept(base, "int8", standby)
+    assert model_config(base, replace(serving_config(base), instances=2), standby=keep).version_policy.specific == (
+        2,
+        5,
+    )
+    # a standby at a higher version would take the traffic: never kept; without a standby nothing else stays
+    assert standby_kept(loaded(5), "pruned", lambda v: "int8") == ()
+    assert model_config(base, serving_config(base), standby=()).version_policy.specific == (5,)

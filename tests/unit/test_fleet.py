@@ -291,9 +291,13 @@ class FakeApplier:
 
     def __init__(self, client):
         self.client = client
+        self.standby = None
 
     def current(self):
         return None, self.client.live
+
+    def prepare_standby(self):
+        return None  # no ladder of versions behind these replicas
 
     def apply(self, target):
         self.client.log.append(target)

@@ -57,3 +57,57 @@ def test_options_travel_to_an_orchestrator_in_another_process():
 
     opts = LoopOptions(model="cnn", metrics_url="http://127.0.0.1:1/metrics")
     assert pickle.loads(pickle.dumps(opts)).status is opts.status
+
+
+class StandbyApplier:
+    """Loads a standby when asked (counted)."""
+
+    def __init__(self):
+        self.standby, self.prepared = None, 0
+
+    def current(self):
+        return None, BEFORE
+
+    def apply(self, target: ServingConfig) -> ApplyResult:
+        return ApplyResult(ok=True, seconds=0.1)
+
+    def prepare_standby(self) -> ApplyResult:
+        self.prepared += 1
+        return ApplyResult(ok=True, seconds=0.5)
+
+
+def test_the_standby_is_loaded_once_per_change_past_the_cool_down_and_never_while_verifying(tmp_path):
+    from dataclasses import replace
+
+    from orchestrator.policy import GuardState
+
+    ctx = Context(objective=Objective(50.0), variants=VARIANTS, cores=2)
+    applier = StandbyApplier()
+    orch = Orchestrator(applier, ctx, LoopOptions(decision_log=tmp_path / "d.jsonl"), clock=lambda: 31.0)
+    assert applier.standby("fp32") == "int8"  # 2× cheaper, as accurate: the first rung a step would take
+    orch.current = ServingConfig("fp32")
+    orch.state = replace(orch.state, guard=GuardState(last_action_s=10.0))
+    orch._prepare_standby(now=12.0)  # inside the cool-down: Triton is still busy with the last change
+    assert applier.prepared == 0
+    orch._prepare_standby(now=20.0)
+    assert applier.prepared == 1 and orch.history[-1]["event"] == "standby"
+    assert orch.history[-1]["variant"] == "int8"
+    orch._prepare_standby(now=30.0)
+    assert applier.prepared == 1  # once per change
+    orch._act(Decision("apply", "add-instance", "busy", TARGET), Window(start_s=30.0, end_s=31.0), now=31.0)
+    orch._prepare_standby(now=60.0)
+    assert applier.prepared == 1  # the change is being verified
+    orch.state = replace(orch.state, pending=None)
+    orch._prepare_standby(now=61.0)
+    assert applier.prepared == 2
+    orch.close()
+
+
+def test_no_standby_when_switched_off(tmp_path):
+    applier = StandbyApplier()
+    ctx = Context(objective=Objective(50.0), variants=VARIANTS, cores=2)
+    orch = Orchestrator(applier, ctx, LoopOptions(decision_log=tmp_path / "d.jsonl", standby=False))
+    orch.current = BEFORE
+    orch._prepare_standby(now=100.0)
+    assert applier.standby is None and applier.prepared == 0
+    orch.close()

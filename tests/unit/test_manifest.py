@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.policy import variants_from_manifest
 from tritune.errors import RepositoryError
-from tritune.manifest import MANIFEST, SCHEMA_VERSION, Manifest, VariantRecord
+from tritune.manifest import MANIFEST, SCHEMA_VERSION, Manifest, VariantRecord, version_numbers
 
 
 def record(name: str, top1: float, b32: float) -> VariantRecord:
@@ -86,3 +86,13 @@ def test_an_unreadable_manifest_says_rebuild_in_one_line(tmp_path, change, messa
     with pytest.raises(RepositoryError, match=message) as err:
         Manifest.read(tmp_path)
     assert "tritune build" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_versions_are_numbered_by_accuracy_so_the_most_accurate_loaded_serves():
+    # Triton sends unversioned requests to the highest loaded version: the most accurate is the highest, and a
+    # cheaper standby below it never takes the traffic. Equal accuracy: the cheaper first.
+    records = {
+        r.variant: r for r in (record("fp32", 0.97, 20.0), record("pruned", 0.97, 5.0), record("tiny", 0.9, 1.0))
+    }
+    records["int8"] = record("int8", 0.975, 8.0)
+    assert version_numbers(records) == {"tiny": 1, "pruned": 2, "fp32": 3, "int8": 4}

@@ -788,3 +788,15 @@ def test_pressure_with_no_rung_left_is_logged_at_the_limit_not_within_the_slo_ba
     # the same config without pressure is steady
     calm = Sim(ctx(floor=0.975), top)
     assert {d.rule for d in calm.run(8, lambda t, **kw: win(t, latency_ms=5.0, util=0.6, rate=600, **kw))} == {"steady"}
+
+
+def test_the_standby_is_the_first_rung_a_step_tries():
+    from orchestrator.policy import standby_variant
+
+    # from fp32 (28 ms): the most accurate variant at least 1.5× cheaper within the floor: int8 (15.5 ms)
+    assert standby_variant("fp32", ctx(0.97)) == "int8"
+    # from int8: pruned (7.2), more accurate than distilled (7.1)
+    assert standby_variant("int8", ctx(0.97)) == "pruned"
+    # nothing 1.5× cheaper than pruned, and the floor keeps distilled out of the others' reach
+    assert standby_variant("pruned", ctx(0.96)) is None
+    assert standby_variant("int8", ctx(0.975)) is None

@@ -17,7 +17,7 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from builders.build import PRECISION, VERSION_OF, BuildOptions
+from builders.build import PRECISION, BuildOptions
 from builders.models import SEED_SIGNATURE
 from builders.targets import TARGETS, get_target
 from builders.targets.base import VariantArtifact
@@ -50,6 +50,8 @@ GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 TRT = "10.11.0.33"
 SHA = "0" * 64
 DEFAULT_INPUTS, DEFAULT_OUTPUTS = SEED_SIGNATURE.tensor_specs()  # what the ONNX parser's plan of the seed shows
+
+VERSION_OF = {v: i for i, v in enumerate(PRECISION, start=1)}  # the fixture's own version numbers
 
 
 def _artifact(variant: str = "int8") -> VariantArtifact:
