@@ -37,8 +37,10 @@ from orchestrator.policy import (
     Policy,
     Rule,
     RulePolicy,
+    Thresholds,
     applied,
     apply_failed,
+    light,
     slo_met,
     standby_variant,
     step,
@@ -259,15 +261,21 @@ class Orchestrator:
             self._act(decision, w, now)
             self._last_decision = f"{decision.action} {decision.rule}"
         elif decision.rule == Rule.STEADY:
-            self._prepare_standby(now)
+            self._prepare_standby(now, w)
         self._status(w, now)
         return decision
 
-    def _prepare_standby(self, now: float) -> None:
-        """Load the standby of the served variant at a steady window past the cool-down: the load runs beside the
-        served version (which stays as it is) and takes this tick, so it waits for a moment the load leaves room."""
+    def _prepare_standby(self, now: float, w: Window | None = None) -> None:
+        """Load the standby of the served variant at a light window past the cool-down. The load runs beside the
+        served version, which stays as it is, but it takes a core for a second or two (sessions, warm-up): at a
+        load that keeps the instances over half busy it would cost the served requests that core, so it waits for
+        light load (``signals.light``). Under a standing peak the served variant then has no standby: its next
+        step down is a reload, as without one."""
         last = self.state.guard.last_action_s
-        if not self._standby_due or self.state.pending is not None:
+        if not self._standby_due or self.state.pending is not None or self.current is None:
+            return
+        thresholds = getattr(self.policy, "thresholds", None) or Thresholds()
+        if w is not None and w.requests and not light(w, self.current, self.ctx, thresholds):
             return
         if last is not None and now - last < self.options.controller.guards.cooldown_s:
             return

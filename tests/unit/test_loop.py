@@ -3,6 +3,8 @@ real Triton in tests/integration/test_orchestrator.py)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from orchestrator.loop import LoopOptions, Orchestrator
@@ -77,7 +79,6 @@ class StandbyApplier:
 
 
 def test_the_standby_is_loaded_once_per_change_past_the_cool_down_and_never_while_verifying(tmp_path):
-    from dataclasses import replace
 
     from orchestrator.policy import GuardState
 
@@ -110,4 +111,19 @@ def test_no_standby_when_switched_off(tmp_path):
     orch.current = BEFORE
     orch._prepare_standby(now=100.0)
     assert applier.standby is None and applier.prepared == 0
+    orch.close()
+
+
+def test_the_standby_waits_for_light_load(tmp_path):
+    # Loading a version takes a core for a second or two: with the instances 80% busy that core is the served
+    # requests', so the standby waits for a window under half busy.
+    applier = StandbyApplier()
+    ctx = Context(objective=Objective(50.0), variants=VARIANTS, cores=2)
+    orch = Orchestrator(applier, ctx, LoopOptions(decision_log=tmp_path / "d.jsonl"))
+    orch.current = ServingConfig("fp32", instances=1)
+    busy = Window(start_s=0.0, end_s=1.0, requests=500, avg_latency_ms=4.0, busy_s=0.8)
+    orch._prepare_standby(now=100.0, w=busy)
+    assert applier.prepared == 0
+    orch._prepare_standby(now=101.0, w=replace(busy, busy_s=0.2))
+    assert applier.prepared == 1
     orch.close()
