@@ -448,7 +448,8 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace) -> dict:
 
     bench = make(floor)
     if scenario.whole_ladder:  # the floor admits every level: the controller may trade accuracy for capacity
-        bench = make(min(v.top1 for v in bench.ctx.variants.values()))
+        floor = min(v.top1 for v in bench.ctx.variants.values())
+        bench = make(floor)
     levels = levels_of(bench)
     started = time.monotonic()
     with neighbour(scenario.neighbour):
