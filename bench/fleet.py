@@ -42,7 +42,7 @@ from loadtest.openloop import OpenLoopLoad, constant
 from orchestrator.fleet import Fleet, FrontDoorLatency, StaticReplicas
 from orchestrator.loop import scrape
 from orchestrator.metrics import parse_metrics
-from tritune.apply import serving_config
+from tritune.apply import Applier
 from tritune.client import InferenceClient
 from tritune.fleet import ReplicaEndpoints
 from tritune.frontdoor import CADDY_BUCKETS_S, FrontDoor, FrontDoorSettings, Upstream
@@ -177,7 +177,7 @@ def rolling(args, servers, door) -> dict:
         load.stop()
         t.join()
     r = result["r"]
-    live = [serving_config(InferenceClient(s.grpc_url, "grpc").model_config(MODEL)) for s in servers]
+    live = [Applier(InferenceClient(s.grpc_url, "grpc"), MODEL).current()[1] for s in servers]
     if fleet.config != a:
         fleet.apply(a)
     return {
@@ -226,7 +226,7 @@ def kill_once(args, servers, door) -> dict:
         back_s = None
         client = InferenceClient(victim.grpc_url, "grpc")
         while time.perf_counter() - ready_at < 30:
-            if serving_config(client.model_config(MODEL)) == tuned:
+            if Applier(client, MODEL).current()[1] == tuned:
                 back_s = time.perf_counter() - ready_at
                 break
             time.sleep(0.1)

@@ -64,6 +64,8 @@ class ApplyResult:
     config: ModelConfig | None = None
 
 
+# After a load returns, how long the READY versions may take to become the policy's: measured at once on 2.51.
+VERSIONS_SETTLE_S = 2.0
 Standby = Callable[[str], "str | None"]  # the served variant → the variant to keep loaded beside it, or None
 
 
@@ -141,15 +143,24 @@ class Applier:
     def _load(self, new: ModelConfig) -> ServingConfig:
         self.client.load(self.model, config=new)  # returns when the new copy is loaded (or failed)
         deadline = time.monotonic() + self.ready_timeout_s
-        # Versions that leave are UNLOADING once the load returns (out of the metadata's READY list at once), and
-        # those that arrive are READY: wait for both, so that what is read back is what serves.
-        wanted = new.version_policy.specific if "variant_versions" in new.parameters and new.version_policy else None
-        while not self.client.is_ready(self.model) or (
-            wanted is not None and self.client.ready_versions(self.model) != tuple(sorted(wanted))
-        ):
+        while not self.client.is_ready(self.model):
             if time.monotonic() > deadline:
                 raise AdminError(f"{self.model} not READY {self.ready_timeout_s:.0f} s after the load")
             time.sleep(0.05)
+        # The load returns with the new versions READY, and the versions that leave are UNLOADING at once (out of
+        # the metadata's READY list). Another set means another server answers (Triton restarted to its
+        # repository's config while the load was in flight) or another client changed the model: say so now,
+        # as a config that reads back differently does, rather than wait for a set that will not come.
+        wanted = new.version_policy.specific if "variant_versions" in new.parameters and new.version_policy else None
+        if wanted is not None:
+            settle = time.monotonic() + VERSIONS_SETTLE_S
+            while (ready := self.client.ready_versions(self.model)) != tuple(sorted(wanted)):
+                if time.monotonic() > settle:
+                    raise AdminError(
+                        f"{self.model} has versions {list(ready)} READY after loading {sorted(wanted)}; "
+                        "was Triton restarted or the model changed by another client?"
+                    )
+                time.sleep(0.05)
         return serving_config(self.live())
 
     def standby_missing(self) -> str | None:

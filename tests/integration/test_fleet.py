@@ -27,7 +27,7 @@ from orchestrator.loop import scrape
 from orchestrator.metrics import Window, parse_metrics
 from orchestrator.policy import Thresholds, pressure
 from tests.integration.conftest import ADMIN_KEY, start_server, triton_abort_is_inconclusive
-from tritune.apply import serving_config
+from tritune.apply import Applier
 from tritune.client import InferenceClient
 from tritune.errors import AdminError, ServerUnavailableError
 from tritune.fleet import FleetFile, FrontDoorEndpoints, ReplicaEndpoints
@@ -159,7 +159,7 @@ def test_a_rolling_change_under_open_loop_load_reaches_both_replicas_and_fails_n
         assert len(r.failures) == 0, r.failures[:3]
         assert len(r.records) == r.sent and r.sent > 1000
     for s in servers:
-        assert serving_config(InferenceClient(s.grpc_url, "grpc").model_config(MODEL)) == start
+        assert Applier(InferenceClient(s.grpc_url, "grpc"), MODEL).current()[1] == start
 
 
 def test_the_histogram_p99_agrees_with_the_client_p99_within_one_bucket_in_every_window(fleet):
@@ -270,7 +270,7 @@ def test_a_killed_replica_fails_only_its_requests_in_flight_and_gets_the_fleet_c
                 # A new gRPC channel shares the process's subchannel to that address, which the orchestrator's
                 # failed connects left in reconnect backoff: the first calls may still say "connection refused".
                 try:
-                    live = serving_config(InferenceClient(victim.grpc_url, "grpc").model_config(MODEL))
+                    live = Applier(InferenceClient(victim.grpc_url, "grpc"), MODEL).current()[1]
                 except ServerUnavailableError:
                     live = None
                 if live == orch.fleet.config:

@@ -14,6 +14,7 @@ from loadtest.report import write_report
 from loadtest.run import LoadTestOptions, read_requests, run_locust
 from loadtest.sweep_cli import add_arguments, sweep
 from tests.integration.conftest import ADMIN_KEY
+from tritune.apply import Applier
 from tritune.client import InferenceClient
 from tritune.errors import ModelNotFoundError
 
@@ -131,9 +132,9 @@ def test_sweep_over_a_tiny_space_returns_a_frontier_and_marks_the_baseline(
     )
     monkeypatch.setenv("TRITUNE_ADMIN_KEY", ADMIN_KEY)
     client = InferenceClient(server.grpc_url, "grpc", admin_key=ADMIN_KEY)
-    before = client.model_config("cnn")
+    before = Applier(client, "cnn").current()[1]
     result = sweep(args, tmp_path, progress=lambda _m: None)
-    after = client.model_config("cnn")
+    after = Applier(client, "cnn").current()[1]
     points = result["points"]
     assert points[0]["baseline"] and points[0]["config"]["variant"] == "fp32"
     assert [p["concurrency"] for p in points if p["baseline"]] == [1, 4]
@@ -144,7 +145,7 @@ def test_sweep_over_a_tiny_space_returns_a_frontier_and_marks_the_baseline(
     assert json.loads((tmp_path / "sweep.json").read_text())["best"] == result["best"]
     assert (result["protocol"], result["measured_on"]) == ("http", server.http_url)  # the cheaper client
     # the config served before the sweep is served again after it
-    assert after.parameters["variant"] == before.parameters["variant"]
+    assert after.variant == before.variant
     assert after.instance_count == before.instance_count and after.dynamic_batching == before.dynamic_batching
 
 

@@ -27,7 +27,7 @@ from orchestrator.policy import (
     variants_from_manifest,
 )
 from tests.integration.conftest import ADMIN_KEY, start_server, triton_abort_is_inconclusive
-from tritune.apply import Applier, serving_config
+from tritune.apply import Applier
 from tritune.client import InferenceClient
 from tritune.manifest import Manifest
 from tritune.server import ServerOptions, TritonServer, free_port
@@ -177,7 +177,7 @@ def reaches_a_config_that_holds_the_slo(server, quick_repository, held_out, tmp_
         assert a["before"] != a["after"] and (window["requests"] > 0 or window["pending_requests"] > 0)
         assert a["reason"]
     assert any(r["event"] == "verified" for r in records)
-    live = serving_config(orch.applier.client.model_config("cnn"))
+    live = Applier(orch.applier.client, "cnn").current()[1]
     assert live == orch.current and (live.dynamic_batching or live.variant != "fp32")
 
 
@@ -221,7 +221,7 @@ def survives_a_triton_restart(servers, quick_repository, server_cache, held_out,
         replacement.start()  # ... and comes back with Triton's default config
         # The orchestrator polls every second and may re-apply before this read (its log records the action only
         # once the apply returned), so the last good config is accepted too; the re-apply record is checked below.
-        came_back_as = serving_config(InferenceClient(replacement.http_url).model_config("cnn"))
+        came_back_as = Applier(InferenceClient(replacement.http_url), "cnn").current()[1]
         assert came_back_as in (ServingConfig("fp32"), good), came_back_as
         OpenLoopLoad(replacement.grpc_url, "cnn", held_out[0]).run(6, constant(100))
         deadline = time.monotonic() + 20
@@ -233,7 +233,7 @@ def survives_a_triton_restart(servers, quick_repository, server_cache, held_out,
         orch.stop()
         loop.join(timeout=30)
         if replacement is not None:
-            live = serving_config(InferenceClient(replacement.http_url).model_config("cnn"))
+            live = Applier(InferenceClient(replacement.http_url), "cnn").current()[1]
             replacement.stop()
         srv.stop()
     events = [r["event"] for r in orch.history]
