@@ -74,9 +74,9 @@ def standby_kept(base: ModelConfig, target_variant: str, standby: Standby | None
     down to a loaded version keeps what lies below that; any other load keeps the standby ``standby`` names for
     the target, if Triton holds it now). A load never adds a standby: that is :meth:`Applier.prepare_standby`'s,
     at a quiet moment, so that a reload under load loads only what serves."""
-    loaded = loaded_variants(base)
     if standby is None:
         return ()
+    loaded = loaded_variants(base)
     try:
         versions = variant_versions(base)
     except TrituneError:
@@ -163,31 +163,24 @@ class Applier:
                 time.sleep(0.05)
         return serving_config(self.live())
 
-    def standby_missing(self) -> str | None:
-        """The standby the served variant should have and Triton does not hold, or None."""
-        if self.standby is None:
-            return None
-        base = self.live()
-        served = served_variant(base)
-        try:
-            versions = variant_versions(base)
-        except TrituneError:
-            return None
-        wanted = self.standby(served)
-        if not wanted or wanted not in versions or versions[wanted] >= versions.get(served, 0):
-            return None
-        return None if wanted in loaded_variants(base) else wanted
-
     def prepare_standby(self) -> ApplyResult | None:
         """Load the served variant's standby beside it (the served version stays as it is and keeps serving: only
         the loaded versions change); None when there is nothing to load."""
         start = time.monotonic()
         try:
-            wanted = self.standby_missing()
-            if wanted is None:
+            if self.standby is None:
                 return None
             base = self.live()
             served = served_variant(base)
+            try:
+                versions = variant_versions(base)
+            except TrituneError:
+                return None
+            wanted = self.standby(served)
+            if not wanted or wanted not in versions or versions[wanted] >= versions.get(served, 0):
+                return None
+            if wanted in loaded_variants(base):
+                return None
             new = with_variant(base, served, (wanted,))
             live = self._load(new)
             if live.variant != served or wanted not in loaded_variants(self.live()):
