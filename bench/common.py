@@ -41,7 +41,7 @@ class Bench:
     runs_dir: Path
     slo_ms: float
     floor: float
-    interval_s: float = 1.0  # the orchestrator's tick: its window
+    interval_s: float = 0.5  # the orchestrator's tick: its window
     standby: bool = LoopOptions.standby  # the orchestrator keeps the first rung down loaded and warm
     headroom: bool = Context.headroom  # the policy's default, as the orchestrate command runs it
     batch: int = 1  # images per request the load sends

@@ -99,7 +99,7 @@ def main() -> int:
     ap.add_argument("--before-s", type=float, default=15.0)
     ap.add_argument("--after-s", type=float, default=60.0)
     ap.add_argument("--steady-s", type=float, default=20.0, help="the last seconds of the run that count as 'after'")
-    ap.add_argument("--interval-s", type=float, default=1.0)
+    ap.add_argument("--interval-s", type=float, default=0.5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--runs-dir", type=Path, default=Path("runs/bench-orchestrator"), help="Triton logs per run")
     args = ap.parse_args()

@@ -77,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="run a small sweep first (default: on, off with --quick)",
     )
-    p.add_argument("--interval-s", type=float, default=2.0, help="orchestrator tick (default: %(default)s)")
+    p.add_argument("--interval-s", type=float, default=0.5, help="orchestrator tick (default: %(default)s)")
     p.add_argument(
         "--front-door",
         action=argparse.BooleanOptionalAction,

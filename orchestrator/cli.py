@@ -47,7 +47,7 @@ class OrchestrateOptions:
     metrics_url: str = "http://127.0.0.1:8002/metrics"
     repository: Path = Path("model_repository")
     admin_key_file: Path = Path(".cache/tritune/admin.key")
-    interval_s: float = 2.0
+    interval_s: float = 0.5
     duration_s: float = 0.0
     decision_log: Path = Path("runs/decisions.jsonl")
     metrics_port: int = 9100

@@ -137,7 +137,7 @@ def print_status(line: str) -> None:
 class LoopOptions:
     model: str = "cnn"
     metrics_url: str = "http://127.0.0.1:8002/metrics"
-    interval_s: float = 2.0
+    interval_s: float = 0.5  # sub-second windows see a step within a tick or two; see docs/orchestrator.md
     max_backoff_s: float = 30.0
     decision_log: Path | None = None
     metrics_port: int = 0  # 0: do not serve the orchestrator's own metrics
@@ -288,6 +288,15 @@ class Orchestrator:
             self.log("standby", variant=standby, served=self.current.describe(), apply_s=round(result.seconds, 3))
         else:
             self.log("standby-failed", variant=standby, error=result.error, apply_s=round(result.seconds, 3))
+            # As after a failed change: Triton keeps the served copy after a failed load, and serving anything else
+            # (or not answering) means it restarted while the standby loaded, which no scrape saw, since the tick
+            # was waiting on the load. The next tick's restart check then re-applies the last good config.
+            try:
+                live = self.applier.current()[1]
+            except TrituneError:
+                live = None
+            if live != self.current:
+                self._suspect_restart = True
 
     def _status(self, w: Window, now: float) -> None:
         """One line every ``status_interval_s``: load, p99 end to end and on Triton, config, last decision."""

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from tritune.client import InferenceClient, loaded_variants, served_variant, variant_versions, with_variant
-from tritune.errors import AdminError, ModelNotFoundError, TrituneError
+from tritune.errors import AdminError, ModelNotFoundError, ServerUnavailableError, TrituneError
 from tritune.model_config import DynamicBatching, ModelConfig, QueuePolicy, VersionPolicy
 from tritune.serving import ServingConfig
 
@@ -144,6 +144,12 @@ class Applier:
         self.client.load(self.model, config=new)  # returns when the new copy is loaded (or failed)
         deadline = time.monotonic() + self.ready_timeout_s
         while not self.client.is_ready(self.model):
+            # A server that stopped answering will not make the model READY: say so at once, so that the caller
+            # (the control loop, which is not scraping while it waits here) sees the outage now, not after 60 s.
+            if not self.client.is_live():
+                raise ServerUnavailableError(
+                    f"Triton at {self.client.url} stopped answering while {self.model} loaded; was it stopped?"
+                )
             if time.monotonic() > deadline:
                 raise AdminError(f"{self.model} not READY {self.ready_timeout_s:.0f} s after the load")
             time.sleep(0.05)

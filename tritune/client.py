@@ -137,6 +137,14 @@ class InferenceClient:
         except (InferenceServerException, ConnectionError, OSError):
             return False
 
+    def is_live(self) -> bool:
+        """Whether Triton answers at all (a model that is loading leaves it live; a dead server does not)."""
+        try:
+            kw = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+            return bool(self._client.is_server_live(**kw))
+        except (InferenceServerException, ConnectionError, OSError):
+            return False
+
     def model_config(self, model: str) -> ModelConfig:
         try:
             if self.protocol == "http":

@@ -109,7 +109,7 @@ def make_orchestrator(server: TritonServer, repository, log_path, registry: list
     options = LoopOptions(
         model="cnn",
         metrics_url=server.metrics_url,
-        interval_s=1.0,
+        interval_s=0.5,
         max_backoff_s=2.0,
         decision_log=log_path,
         controller=ControllerConfig(guards=GuardConfig(upscale_delay_s=2, downscale_delay_s=120, cooldown_s=3)),
@@ -219,7 +219,7 @@ def survives_a_triton_restart(servers, quick_repository, server_cache, held_out,
         )
         servers.append(replacement)
         replacement.start()  # ... and comes back with Triton's default config
-        # The orchestrator polls every second and may re-apply before this read (its log records the action only
+        # The orchestrator polls every half second and may re-apply before this read (its log records the action only
         # once the apply returned), so the last good config is accepted too; the re-apply record is checked below.
         came_back_as = Applier(InferenceClient(replacement.http_url), "cnn").current()[1]
         assert came_back_as in (ServingConfig("fp32"), good), came_back_as

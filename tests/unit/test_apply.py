@@ -7,7 +7,7 @@ from pathlib import Path
 from builders.models import SEED_SIGNATURE
 from builders.targets.base import VariantArtifact
 from builders.targets.cpu import cpu_model_config
-from tritune.apply import model_config, serving_config, standby_kept
+from tritune.apply import Applier, model_config, serving_config, standby_kept
 from tritune.client import loaded_variants, served_variant, with_variant
 from tritune.model_config import DynamicBatching, QueuePolicy, VersionPolicy
 from tritune.serving import ServingConfig
@@ -102,3 +102,40 @@ def test_a_step_up_keeps_the_new_variants_standby_when_it_is_loaded():
     # a standby at a higher version would take the traffic: never kept; without a standby nothing else stays
     assert standby_kept(loaded(5), "pruned", lambda v: "int8") == ()
     assert model_config(base, serving_config(base), standby=()).version_policy.specific == (5,)
+
+
+class DiesDuringTheLoad:
+    """Triton accepted the load and then stopped answering (killed, restarting)."""
+
+    url = "127.0.0.1:1"
+
+    def __init__(self):
+        self.base, self.ready_polls = loaded(5), 0
+
+    def model_config(self, _model):
+        return self.base
+
+    def ready_versions(self, _model):
+        return (5,)
+
+    def load(self, _model, config=None, files=None):
+        pass
+
+    def is_ready(self, _model=None):
+        self.ready_polls += 1
+        return False
+
+    def is_live(self):
+        return False
+
+
+def test_a_load_on_a_server_that_stopped_answering_fails_at_once_not_after_the_ready_timeout():
+    # The control loop does not scrape while it waits on a load: a dead server must end the wait now, so that
+    # the loop sees the outage and re-applies its config when Triton is back.
+    client = DiesDuringTheLoad()
+    applier = Applier(client, "cnn", ready_timeout_s=60.0, standby=lambda v: "pruned")
+    result = applier.prepare_standby()
+    assert result is not None and not result.ok and "stopped answering" in result.error
+    assert client.ready_polls == 1  # gave up at the first poll, not after polling for the ready timeout
+    result = applier.apply(ServingConfig("int8", instances=2))
+    assert not result.ok and "stopped answering" in result.error and client.ready_polls == 2

@@ -11,6 +11,7 @@ from orchestrator.loop import LoopOptions, Orchestrator
 from orchestrator.metrics import Window
 from orchestrator.policy import Context, Decision, Objective, ServingConfig, VariantInfo
 from tritune.apply import ApplyResult
+from tritune.errors import ServerUnavailableError
 
 VARIANTS = {
     "fp32": VariantInfo("fp32", "cnn_fp32", 0.978, 8.0),
@@ -101,6 +102,44 @@ def test_the_standby_is_loaded_once_per_change_past_the_cool_down_and_never_whil
     orch.state = replace(orch.state, pending=None)
     orch._prepare_standby(now=61.0)
     assert applier.prepared == 2
+    orch.close()
+
+
+class FailingStandbyApplier(StandbyApplier):
+    """The standby's load fails; afterwards Triton serves ``live`` (None: it does not answer)."""
+
+    def __init__(self, live: ServingConfig | None):
+        super().__init__()
+        self.live = live
+
+    def current(self):
+        if self.live is None:
+            raise ServerUnavailableError("Triton at 127.0.0.1:1 is unreachable")
+        return None, self.live
+
+    def prepare_standby(self) -> ApplyResult:
+        self.prepared += 1
+        return ApplyResult(ok=False, seconds=0.2, error="Triton stopped answering while cnn loaded")
+
+
+@pytest.mark.parametrize(
+    ("live", "suspect"),
+    [
+        (ServingConfig("fp32"), False),  # the load failed and Triton kept the served copy: nothing else to do
+        # Triton died while the standby loaded (no scrape saw it: the tick waited on the load) and came back with
+        # the repository's config, or does not answer yet: the next tick's restart check re-applies the last good
+        (ServingConfig("int8"), True),
+        (None, True),
+    ],
+)
+def test_a_failed_standby_load_suspects_a_restart_when_triton_serves_something_else(tmp_path, live, suspect):
+    ctx = Context(objective=Objective(50.0), variants=VARIANTS, cores=2)
+    applier = FailingStandbyApplier(live)
+    orch = Orchestrator(applier, ctx, LoopOptions(decision_log=tmp_path / "d.jsonl"))
+    orch.current = ServingConfig("fp32")
+    orch._prepare_standby(now=100.0)
+    assert applier.prepared == 1 and orch.history[-1]["event"] == "standby-failed"
+    assert orch._suspect_restart is suspect and orch.current == ServingConfig("fp32")
     orch.close()
 
 
